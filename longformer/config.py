@@ -1,0 +1,81 @@
+"""Model configuration: a plain dataclass, readable from a Hugging Face `config.json`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LongformerConfig:
+    vocab_size: int = 50265
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    # Full window size per layer (a token sees window // 2 tokens on each side), as in the paper.
+    attention_window: list[int] = field(default_factory=lambda: [512] * 12)
+    max_position_embeddings: int = 4098
+    type_vocab_size: int = 1
+    pad_token_id: int = 1
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    hidden_act: str = "gelu"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attention_window, int):
+            self.attention_window = [self.attention_window] * self.num_layers
+        self.attention_window = [int(w) for w in self.attention_window]
+        if len(self.attention_window) != self.num_layers:
+            raise ValueError(
+                f"attention_window has {len(self.attention_window)} entries but the model has "
+                f"{self.num_layers} layers: give one window or one per layer"
+            )
+        for i, w in enumerate(self.attention_window):
+            if w <= 0 or w % 2:
+                raise ValueError(f"attention_window of layer {i} must be a positive even number, got {w}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if self.hidden_act not in ("gelu", "relu"):
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use 'gelu' or 'relu'")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def max_length(self) -> int:
+        """Longest input the position table covers (RoBERTa positions start at pad_token_id + 1)."""
+        return self.max_position_embeddings - self.pad_token_id - 1
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any]) -> LongformerConfig:
+        """Build from the fields of a Hugging Face `LongformerConfig` (its `config.json`)."""
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            intermediate_size=hf["intermediate_size"],
+            attention_window=hf["attention_window"],
+            max_position_embeddings=hf["max_position_embeddings"],
+            type_vocab_size=hf.get("type_vocab_size", 1),
+            pad_token_id=hf.get("pad_token_id", 1),
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
+            hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+            attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+            hidden_act=hf.get("hidden_act", "gelu"),
+        )
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> LongformerConfig:
+        data = json.loads(Path(path).read_text())
+        if "num_hidden_layers" in data:  # a Hugging Face config.json
+            return cls.from_hf_dict(data)
+        return cls(**data)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -1,0 +1,199 @@
+"""The Longformer encoder and classifier as plain torch.nn.Modules."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from longformer.attention import AttentionMasks, LongformerSelfAttention
+from longformer.config import LongformerConfig
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class Embeddings(nn.Module):
+    """Word + RoBERTa-style position + token-type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: LongformerConfig):
+        super().__init__()
+        self.pad_token_id = config.pad_token_id
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size,
+                                     padding_idx=config.pad_token_id)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        # Positions count from pad_token_id + 1 over non-pad tokens; pad tokens get pad_token_id.
+        not_pad = input_ids.ne(self.pad_token_id).long()
+        positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad_token_id
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class Layer(nn.Module):
+    """Post-norm transformer layer: attention -> add & norm -> feed-forward -> add & norm."""
+
+    def __init__(self, config: LongformerConfig, window: int):
+        super().__init__()
+        dim = config.hidden_size
+        self.attn = LongformerSelfAttention(dim, config.num_heads, window, config.attention_dropout)
+        self.attn_out = nn.Linear(dim, dim)
+        self.attn_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(dim, config.intermediate_size)
+        self.ffn_out = nn.Linear(config.intermediate_size, dim)
+        self.ffn_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.activation = nn.GELU() if config.hidden_act == "gelu" else nn.ReLU()
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: Tensor, masks: AttentionMasks) -> Tensor:
+        x = self.attn_norm(x + self.dropout(self.attn_out(self.attn(x, masks))))
+        return self.ffn_norm(x + self.dropout(self.ffn_out(self.activation(self.ffn_in(x)))))
+
+
+class LongformerModel(nn.Module):
+    """The encoder: `model(input_ids, attention_mask, global_attention_mask)` -> (B, n, hidden)."""
+
+    def __init__(self, config: LongformerConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config, window) for window in config.attention_window)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                global_attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None) -> Tensor:
+        """input_ids (B, n); attention_mask 1 = token, 0 = padding; global_attention_mask 1 = global."""
+        if input_ids.shape[1] > self.config.max_length:
+            raise ValueError(f"input has {input_ids.shape[1]} tokens; this model takes at most "
+                             f"{self.config.max_length} (max_position_embeddings={self.config.max_position_embeddings})")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if global_attention_mask is None:
+            global_attention_mask = torch.zeros_like(input_ids)
+        masks = AttentionMasks.build(attention_mask, global_attention_mask)
+        x = self.embeddings(input_ids, token_type_ids)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, masks, use_reentrant=False)  # recompute activations in backward
+            else:
+                x = layer(x, masks)
+        return x
+
+    @classmethod
+    def from_hf(cls, checkpoint: str | Path) -> LongformerModel:
+        """Convert a Hugging Face checkpoint (hub id or local directory) into our model."""
+        from longformer.convert import convert_hf_checkpoint  # the only module that imports transformers
+
+        config, state = convert_hf_checkpoint(checkpoint)
+        model = cls(config)
+        load_state_dict_strict(model, state)
+        return model
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LongformerModel:
+        """Load a model converted with `longformer.convert.save_converted`."""
+        from longformer.convert import load_converted
+
+        config, state = load_converted(directory)
+        model = cls(config)
+        load_state_dict_strict(model, state)
+        return model
+
+
+@dataclass
+class HeadConfig:
+    """The classification head: Linear(hidden, dim) -> Dropout -> activation -> Dropout -> Linear(dim, labels)."""
+
+    dim: int = 768
+    dropout: float = 0.1
+    activation: str = "tanh"
+    num_labels: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ValueError(f"head.dim must be a positive integer, got {self.dim!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"head.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"head.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if not isinstance(self.num_labels, int) or self.num_labels < 2:
+            raise ValueError(f"head.num_labels must be an integer >= 2, got {self.num_labels!r}")
+
+
+class ClassificationHead(nn.Module):
+    def __init__(self, hidden_size: int, head: HeadConfig):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, head.dim)
+        self.dropout = nn.Dropout(head.dropout)
+        self.activation = ACTIVATIONS[head.activation]()
+        self.out = nn.Linear(head.dim, head.num_labels)
+
+    def forward(self, cls: Tensor) -> Tensor:
+        return self.out(self.dropout(self.activation(self.dropout(self.dense(cls)))))
+
+
+class LongformerClassifier(nn.Module):
+    """Encoder + head on the first (<s>/CLS) token, which gets global attention by default."""
+
+    def __init__(self, config: LongformerConfig, head: HeadConfig | None = None):
+        super().__init__()
+        self.head_config = head or HeadConfig()
+        self.encoder = LongformerModel(config)
+        self.head = ClassificationHead(config.hidden_size, self.head_config)
+
+    @property
+    def config(self) -> LongformerConfig:
+        return self.encoder.config
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                global_attention_mask: Tensor | None = None) -> Tensor:
+        """-> logits (B, num_labels)."""
+        if global_attention_mask is None:
+            global_attention_mask = torch.zeros_like(input_ids)
+            global_attention_mask[:, 0] = 1
+        hidden = self.encoder(input_ids, attention_mask, global_attention_mask)
+        return self.head(hidden[:, 0])
+
+    def loss(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+    @classmethod
+    def from_encoder(cls, encoder: LongformerModel, head: HeadConfig | None = None) -> LongformerClassifier:
+        """A classifier around a pretrained encoder, with a freshly initialised head."""
+        model = cls(encoder.config, head)
+        model.encoder = encoder
+        return model
+
+    @classmethod
+    def from_hf(cls, checkpoint: str | Path, head: HeadConfig | None = None) -> LongformerClassifier:
+        return cls.from_encoder(LongformerModel.from_hf(checkpoint), head)
+
+    def head_dict(self) -> dict:
+        return asdict(self.head_config)
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict that does not fit the model: names the missing, unexpected and mis-shaped tensors."""
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                        for k, v in expected.items() if k in state and state[k].shape != v.shape)
+    if missing or unexpected or mis_shaped:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
+                 for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", mis_shaped)) if keys]
+        raise CheckpointMismatchError("checkpoint does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state)

@@ -1,0 +1,123 @@
+"""Our model against transformers' Longformer on the same weights: outputs and gradients."""
+
+import pytest
+import torch
+from transformers import LongformerModel as HFModel
+
+from longformer import LongformerModel
+from longformer.convert import rename_hf_state_dict
+
+# The windows of the small model are [8, 4, 16]: one-sided 4, 2 and 8 tokens.
+LENGTHS = [3, 8, 9, 16, 17, 61]  # shorter than, equal to, one above and several times the windows
+
+
+def make_batch(n: int, globals_: str, seed: int = 0):
+    """Three rows with different padding; global attention on none, the first or several tokens."""
+    gen = torch.Generator().manual_seed(seed + n)
+    ids = torch.randint(3, 120, (3, n), generator=gen)
+    mask = torch.ones(3, n, dtype=torch.long)
+    mask[1, max(1, n - 2):] = 0
+    mask[2, max(1, n // 2):] = 0
+    ids[mask == 0] = 1  # pad token
+    glob = torch.zeros(3, n, dtype=torch.long)
+    if globals_ in ("first", "several"):
+        glob[:, 0] = 1
+    if globals_ == "several":
+        glob[0, n // 2] = 1
+        glob[0, n - 1] = 1
+        glob[2, min(1, n - 1)] = 1
+        glob[1, n - 1] = 1  # on a padded position in row 1: must be ignored
+    return ids, mask, glob
+
+
+@pytest.fixture(scope="module")
+def models(hf_checkpoint):
+    return HFModel.from_pretrained(hf_checkpoint, add_pooling_layer=False), LongformerModel.from_hf(hf_checkpoint)
+
+
+def run_both(models, n, globals_, train):
+    hf, ours = models
+    hf.train(train)
+    ours.train(train)
+    ids, mask, glob = make_batch(n, globals_)
+    return hf(ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state, ours(ids, mask, glob), mask
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train-dropout0"])
+@pytest.mark.parametrize("globals_", ["none", "first", "several"])
+@pytest.mark.parametrize("n", LENGTHS)
+def test_forward_matches_transformers(models, n, globals_, train):
+    with torch.no_grad():
+        expected, actual, mask = run_both(models, n, globals_, train)
+    assert actual.shape == expected.shape == (3, n, 32)
+    valid = mask.bool()
+    assert (actual[valid] - expected[valid]).abs().max().item() <= 1e-5
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {k: p.grad if p.grad is not None else torch.zeros_like(p) for k, p in model.named_parameters()}
+
+
+def split_key_bias(grads: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Move the key biases out of a gradient dict.
+
+    A key bias adds the same q.b to all of a query's scores, which softmax ignores: its exact gradient is
+    zero and any implementation returns rounding noise (~1e-10), so relative errors on it are meaningless.
+    """
+    rest, key_bias = dict(grads), {}
+    for name in list(rest):
+        if name.endswith("attn.qkv.bias"):
+            query, key, value = rest[name].chunk(3)
+            rest[name] = torch.cat([query, value])
+            key_bias[name] = key
+        elif name.endswith("attn.key_global.bias"):
+            key_bias[name] = rest.pop(name)
+    return rest, key_bias
+
+
+@pytest.mark.parametrize("globals_", ["none", "first", "several"])
+@pytest.mark.parametrize("n", [9, 17, 61])
+def test_gradients_match_transformers(models, n, globals_):
+    hf, ours = models
+    hf.zero_grad()
+    ours.zero_grad()
+    expected, actual, mask = run_both(models, n, globals_, train=True)
+    weights = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)) * mask[..., None]
+    (expected * weights).sum().backward()
+    (actual * weights).sum().backward()
+    expected, expected_key_bias = split_key_bias(rename_hf_state_dict(grads(hf)))
+    actual, actual_key_bias = split_key_bias(grads(ours))
+    errors = {k: ((actual[k] - g).norm() / g.norm()).item() if g.norm() > 0 else actual[k].norm().item()
+              for k, g in expected.items()}
+    assert max(errors.values()) <= 1e-4, sorted(errors.items(), key=lambda kv: -kv[1])[:5]
+    weight_scale = min(g.norm() for k, g in expected.items() if k.endswith("attn.qkv.weight"))
+    for name in expected_key_bias:  # analytically zero on both sides
+        assert max(expected_key_bias[name].norm(), actual_key_bias[name].norm()) <= 1e-6 * weight_scale, name
+    if globals_ != "none":
+        assert ours.layers[0].attn.key_global.weight.grad.abs().sum() > 0  # the global path is exercised
+
+
+def test_gradient_checkpointing_gives_same_gradients(models):
+    _, ours = models
+    ours.train()
+    ids, mask, glob = make_batch(40, "several")
+    grads = []
+    for checkpointing in (False, True):
+        ours.zero_grad()
+        ours.gradient_checkpointing = checkpointing
+        ours(ids, mask, glob)[mask.bool()].square().sum().backward()
+        grads.append({k: p.grad.clone() for k, p in ours.named_parameters()})
+    ours.gradient_checkpointing = False
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_output_does_not_depend_on_extra_padding(models):
+    _, ours = models
+    ours.eval()
+    ids, mask, glob = make_batch(20, "several")
+    padded = [torch.nn.functional.pad(t, (0, 13), value=v) for t, v in ((ids, 1), (mask, 0), (glob, 0))]
+    with torch.no_grad():
+        short, long = ours(ids, mask, glob), ours(*padded)
+    valid = mask.bool()
+    assert (long[:, :20][valid] - short[valid]).abs().max() <= 1e-6
