@@ -3,7 +3,7 @@
 * `download_checkpoint`: a hub id, a local directory or `tiny` -> a directory in Hugging Face layout
   (config, weights, tokenizer).
 * `convert_hf_checkpoint`: such a checkpoint -> our config + state dict (renamed, q/k/v fused).
-* `save_converted` / `load_converted`: our config JSON + a safetensors state dict, nothing else.
+Saving and loading our own format lives in `longformer.checkpoint`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from longformer.config import LongformerConfig
 from longformer.model import CheckpointMismatchError
 
 TINY = "tiny"
-WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 # Hugging Face name -> our name (applied after stripping a leading "longformer.").
@@ -101,21 +99,6 @@ def convert_hf_checkpoint(checkpoint: str | Path) -> tuple[LongformerConfig, dic
         raise CheckpointMismatchError(f"checkpoint {checkpoint!r} does not match its config.json: " + "; ".join(problems))
     config = LongformerConfig.from_hf_dict(hf_model.config.to_dict())
     return config, rename_hf_state_dict(hf_model.state_dict())
-
-
-def save_converted(config: LongformerConfig, state: dict[str, Tensor], directory: str | Path) -> None:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, directory / WEIGHTS_FILE)
-    config.to_json(directory / CONFIG_FILE)
-
-
-def load_converted(directory: str | Path) -> tuple[LongformerConfig, dict[str, Tensor]]:
-    directory = Path(directory)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            raise CheckpointError(f"{directory / name} not found: run the convert stage (dvc repro convert) first")
-    return LongformerConfig.from_json(directory / CONFIG_FILE), load_file(directory / WEIGHTS_FILE)
 
 
 def download_checkpoint(checkpoint: str, out_dir: str | Path, sample_texts: Iterable[str] = ()) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -100,13 +100,10 @@ class LongformerModel(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path) -> LongformerModel:
-        """Load a model converted with `longformer.convert.save_converted`."""
-        from longformer.convert import load_converted
+        """Load a model saved by the convert stage (`longformer.checkpoint.save_converted`)."""
+        from longformer.checkpoint import load_encoder
 
-        config, state = load_converted(directory)
-        model = cls(config)
-        load_state_dict_strict(model, state)
-        return model
+        return load_encoder(directory)
 
 
 @dataclass
@@ -176,9 +173,6 @@ class LongformerClassifier(nn.Module):
     @classmethod
     def from_hf(cls, checkpoint: str | Path, head: HeadConfig | None = None) -> LongformerClassifier:
         return cls.from_encoder(LongformerModel.from_hf(checkpoint), head)
-
-    def head_dict(self) -> dict:
-        return asdict(self.head_config)
 
 
 class CheckpointMismatchError(ValueError):

@@ -7,7 +7,8 @@ import torch
 from transformers import LongformerModel as HFModel
 
 from longformer import CheckpointMismatchError, HeadConfig, LongformerClassifier, LongformerConfig, LongformerModel
-from longformer.convert import CheckpointError, convert_hf_checkpoint, load_converted, save_converted
+from longformer.checkpoint import save_converted
+from longformer.convert import CheckpointError, convert_hf_checkpoint
 from tests.conftest import small_hf_config
 
 

@@ -1,0 +1,198 @@
+"""Datasets: the offline sample, local files or the hub's `imdb`; tokenization and splits."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from sklearn.model_selection import train_test_split
+
+SAMPLE = "sample"
+SPLITS = ("train", "validation", "test")
+FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used: missing, empty, unlabeled."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The offline sample: synthetic reviews whose label is decided by a few words that can sit anywhere.
+
+NEUTRAL = ("the a an this that film movie story plot scene actor actress director camera music script cast "
+           "character ending minute hour time year night city house road friend family father mother brother "
+           "sister police doctor teacher war train ship island village letter dream secret money game song "
+           "and but or so then while after before when where because although with without about over under "
+           "into through again later finally suddenly slowly quickly almost only also very quite rather more "
+           "is was are were has had does did will would can could should may might seems looks feels turns "
+           "goes comes makes takes gives finds tells shows leaves meets runs walks talks waits opens closes "
+           "first second third last next other same different old new young long short big small early late "
+           "red blue green dark bright quiet loud cold warm open closed inside outside north south east west "
+           "he she they we it his her their our its who what which one two three four five six ten hundred").split()
+POSITIVE = "wonderful brilliant superb delightful masterpiece moving excellent charming gripping beautiful".split()
+NEGATIVE = "awful boring dreadful terrible tedious clumsy dull painful pointless annoying".split()
+
+
+def sample_review(rng: random.Random) -> tuple[str, int]:
+    """One review: neutral filler with a few words of one polarity; in some long ones only past ~600 words."""
+    label = rng.randint(0, 1)
+    num_words = rng.randint(30, 400) if rng.random() < 0.6 else rng.randint(400, 900)
+    words = [rng.choice(NEUTRAL) for _ in range(num_words)]
+    cues = POSITIVE if label else NEGATIVE
+    start = 600 if num_words > 700 and rng.random() < 0.3 else 0  # the decisive words only past 512 tokens
+    for _ in range(max(2, num_words // 50)):
+        words.insert(rng.randint(start, len(words)), rng.choice(cues))
+    return " ".join(words).capitalize() + ".", label
+
+
+def sample_dataset(num_train: int = 3000, num_test: int = 1000, seed: int = 0) -> DatasetDict:
+    rng = random.Random(seed)
+    splits = {}
+    for split, count in (("train", num_train), ("test", num_test)):
+        texts, labels = zip(*(sample_review(rng) for _ in range(count)))
+        splits[split] = Dataset.from_dict({"text": list(texts), "label": list(labels)})
+    return DatasetDict(splits)
+
+
+def sample_corpus() -> list[str]:
+    """Text for the tiny checkpoint's tokenizer: the sample's words, so it covers them."""
+    rng = random.Random(1)
+    return [" ".join(NEUTRAL + POSITIVE + NEGATIVE)] * 4 + [sample_review(rng)[0] for _ in range(200)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading raw text
+
+def load_raw(dataset: str) -> DatasetDict:
+    """`sample`, a local directory with train.* and test.* files, or a hub dataset id (e.g. `imdb`)."""
+    if dataset == SAMPLE:
+        raw = sample_dataset()
+    elif Path(dataset).is_dir():
+        raw = _load_directory(Path(dataset))
+    elif Path(dataset).exists() or "/" in dataset and dataset.startswith((".", "/")):
+        raise DataError(f"data.dataset {dataset!r} must be '{SAMPLE}', a directory with train and test files "
+                        "(parquet, csv, json or jsonl), or a hub dataset id such as 'imdb'")
+    else:
+        try:
+            raw = load_dataset(dataset)
+        except Exception as error:  # datasets raises many types for an unreachable hub
+            raise DataError(f"could not load dataset {dataset!r} from the Hugging Face hub "
+                            f"({type(error).__name__}: {error}). Offline, point data.dataset at a local directory "
+                            "with train and test files that have `text` and `label` columns") from error
+    _check_columns(raw, dataset)
+    return DatasetDict({split: raw[split] for split in ("train", "test")})
+
+
+def _load_directory(directory: Path) -> DatasetDict:
+    files = {}
+    for split in ("train", "test"):
+        found = sorted(p for p in directory.iterdir() if p.stem == split and p.suffix in FILE_BUILDERS)
+        if not found:
+            raise DataError(f"{directory} has no {split} file: expected {split}.parquet, .csv, .json or .jsonl")
+        files[split] = found[0]
+    builders = {FILE_BUILDERS[p.suffix] for p in files.values()}
+    if len(builders) > 1:
+        raise DataError(f"{directory}: train and test files must have the same format, got {sorted(builders)}")
+    try:
+        return load_dataset(builders.pop(), data_files={k: str(v) for k, v in files.items()})
+    except Exception as error:
+        raise DataError(f"could not read the dataset files in {directory}: {error}") from error
+
+
+def _check_columns(raw: DatasetDict, name: str) -> None:
+    for split in ("train", "test"):
+        if split not in raw:
+            raise DataError(f"dataset {name!r} has no {split!r} split")
+        missing = {"text", "label"} - set(raw[split].column_names)
+        if missing:
+            raise DataError(f"dataset {name!r} ({split}) lacks the column(s) {sorted(missing)}; "
+                            f"it has {raw[split].column_names}")
+        if len(raw[split]) == 0:
+            raise DataError(f"dataset {name!r} has an empty {split!r} split")
+        labels = raw[split]["label"]
+        if any(label is None or not isinstance(label, (int, np.integer)) or label < 0 for label in labels):
+            raise DataError(f"dataset {name!r} ({split}) has rows without a valid label (integers 0, 1, ...)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenization
+
+@dataclass
+class DataParams:
+    dataset: str = SAMPLE
+    max_length: int = 1024
+    val_size: float = 0.1
+    limit: int = 0  # at most this many train and test reviews (stratified); 0 = all
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_length, int) or self.max_length < 8:
+            raise ValueError(f"data.max_length must be an integer >= 8, got {self.max_length!r}")
+        if not 0.0 < self.val_size < 1.0:
+            raise ValueError(f"data.val_size must be a fraction in (0, 1), got {self.val_size!r}")
+        if not isinstance(self.limit, int) or self.limit < 0:
+            raise ValueError(f"data.limit must be a non-negative integer (0 = all), got {self.limit!r}")
+
+
+def _stratified_subset(indices: np.ndarray, labels: np.ndarray, size: int | float, seed: int) -> np.ndarray:
+    """A seeded, label-stratified subset of `indices` (`size` a count or a fraction)."""
+    if isinstance(size, int) and size >= len(indices):
+        return indices
+    stratify = labels if np.bincount(labels).min() >= 2 else None
+    subset, _ = train_test_split(indices, train_size=size, stratify=stratify, random_state=seed)
+    return np.sort(subset)
+
+
+def tokenize(raw: DatasetDict, tokenizer, params: DataParams, model_max_length: int) -> tuple[DatasetDict, dict]:
+    """Raw text -> train / validation / test with `input_ids` (truncated to max_length) and `label`."""
+    if params.max_length > model_max_length:
+        raise ValueError(f"data.max_length={params.max_length} is above what the checkpoint's position "
+                         f"embeddings allow ({model_max_length} tokens)")
+    texts, labels = {}, {}
+    for split in ("train", "test"):
+        split_labels = np.asarray(raw[split]["label"])
+        keep = np.arange(len(split_labels))
+        if params.limit:
+            keep = _stratified_subset(keep, split_labels, params.limit, params.seed)
+        texts[split] = [text or "" for text in raw[split].select(keep)["text"]]  # None counts as empty
+        labels[split] = split_labels[keep]
+    train_idx = np.arange(len(labels["train"]))
+    if len(train_idx) < 4:
+        raise DataError(f"the training split has {len(train_idx)} reviews: too few to hold out a validation set")
+    val_idx = np.setdiff1d(train_idx, _stratified_subset(train_idx, labels["train"], 1 - params.val_size, params.seed))
+    fit_idx = np.setdiff1d(train_idx, val_idx)
+    parts = {"train": ("train", fit_idx), "validation": ("train", val_idx), "test": ("test", None)}
+
+    out, summary = {}, {"dataset": params.dataset, "max_length": params.max_length}
+    for split, (source, index) in parts.items():
+        split_texts = texts[source] if index is None else [texts[source][i] for i in index]
+        split_labels = labels[source] if index is None else labels[source][index]
+        full = tokenizer(split_texts, add_special_tokens=True)["input_ids"]
+        lengths = np.array([len(ids) for ids in full])
+        ids = [x if len(x) <= params.max_length else x[:params.max_length - 1] + x[-1:] for x in full]  # keep </s>
+        out[split] = Dataset.from_dict({"input_ids": ids, "label": split_labels.astype(np.int64)})
+        summary[split] = {
+            "reviews": len(ids),
+            "labels": {int(k): int(v) for k, v in zip(*np.unique(split_labels, return_counts=True))},
+            "tokens_p50_p90_p99_max": [int(np.percentile(lengths, q)) for q in (50, 90, 99)] + [int(lengths.max())],
+            "truncated": int((lengths > params.max_length).sum()),
+            "empty": int(sum(1 for t in split_texts if not t.strip())),
+        }
+    return DatasetDict(out), summary
+
+
+def save_tokenized(data: DatasetDict, summary: dict, out_dir: str | Path) -> None:
+    out_dir = Path(out_dir)
+    data.save_to_disk(out_dir)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def load_tokenized(directory: str | Path, split: str) -> Dataset:
+    path = Path(directory) / split
+    if not path.is_dir():
+        raise DataError(f"{path} not found: run the tokenize stage (dvc repro tokenize) first")
+    return load_from_disk(str(path))

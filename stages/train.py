@@ -1,0 +1,23 @@
+"""Stage 4: fine-tune encoder + classification head -> data/train (best checkpoint), metrics/train (dvclive)."""
+
+from pathlib import Path
+
+from longformer.cli import app, user_errors
+from longformer.params import load_params
+from longformer.train import train
+
+cli = app(__doc__)
+
+
+@cli.command()
+@user_errors
+def main(params: Path = Path("params.yaml"), model: Path = Path("data/model"), data: Path = Path("data/tokenized"),
+         out: Path = Path("data/train"), metrics: Path = Path("metrics/train")) -> None:
+    """Train with the head.* and train.* params; keep the checkpoint with the best validation accuracy."""
+    p = load_params(params)
+    best = train(model, data, out, metrics, p.head, p.train)
+    print(f"best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} (step {best['step']})")
+
+
+if __name__ == "__main__":
+    cli()
