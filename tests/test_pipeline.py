@@ -1,0 +1,133 @@
+"""The DVC pipeline end to end on the offline default, and the stages on real IMDb reviews."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from longformer.checkpoint import save_converted
+from longformer.convert import convert_hf_checkpoint, download_checkpoint
+from longformer.data import DataParams, load_raw, sample_corpus, save_tokenized, tokenize
+from longformer.evaluate import evaluate
+from longformer.model import HeadConfig
+from longformer.params import load_params
+from longformer.train import TrainParams, train
+from tests.conftest import SHARED_IMDB
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+ENV = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+                    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                    "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def run(cmd: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, shell=True, cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0 or not check, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def sh(cmd: str, cwd: Path) -> str:
+    result = run(cmd, cwd)
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh git repo holding the project's tracked sources (no data, metrics or lock file)."""
+    dest = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if name.startswith("metrics/") or name == "dvc.lock" or not (ROOT / name).is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    sh("git init -q && git add -A && git commit -qm init", dest)
+    return dest
+
+
+def stages_run(log: str) -> set[str]:
+    return {s for s in ("download", "convert", "tokenize", "train", "evaluate") if f"Running stage '{s}'" in log}
+
+
+def test_dvc_repro_then_experiment(project):
+    log = sh("dvc repro", project)
+    assert stages_run(log) == {"download", "convert", "tokenize", "train", "evaluate"}
+    test = json.loads((project / "metrics/test.json").read_text())
+    assert test["accuracy"] >= 0.9 and 0 < test["loss"] < math.log(2) and test["f1"] >= 0.9
+    assert test["reviews"] == 1000
+    trained = json.loads((project / "metrics/train/metrics.json").read_text())
+    assert trained["best"]["val_accuracy"] >= 0.9 and trained["step"] > 0
+    assert (project / "metrics/train/plots/metrics/train/loss.tsv").is_file()
+    assert len((project / "metrics/predictions.csv").read_text().splitlines()) == 1001
+    assert sorted(p.name for p in (project / "data/model").iterdir()) == ["config.json", "model.safetensors"]
+
+    sh("git add -A && git commit -qm baseline", project)
+    log = sh("dvc exp run -S head.dropout=0.5", project)
+    assert stages_run(log) == {"train", "evaluate"}
+    experiments = json.loads(run("dvc exp show --json", project).stdout)
+    dropouts = []
+    for commit in experiments:
+        for exp in [commit] + [e for group in commit.get("experiments") or [] for e in group["revs"]]:
+            params = (exp.get("data") or {}).get("params", {}).get("params.yaml", {}).get("data", {})
+            if params:
+                dropouts.append(params["head"]["dropout"])
+    assert 0.1 in dropouts and 0.5 in dropouts
+    diff = sh("dvc metrics diff", project)  # the workspace holds the experiment's results
+    assert "metrics/test.json" in diff
+    sh("dvc plots diff HEAD -o plots_html", project)
+    assert (project / "plots_html/index.html").is_file()
+
+
+def test_bad_param_is_a_clear_error_and_touches_nothing(project, tmp_path):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["head"]["dropout"] = 1.5
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    result = run(f"python -m stages.train --params {bad} --out {tmp_path / 'out'}", project, check=False)
+    assert result.returncode == 1
+    assert "head.dropout must be in [0, 1), got 1.5" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not SHARED_IMDB.is_dir(), reason="needs ../shared/imdb")
+def test_stages_on_real_imdb_subset(tmp_path):
+    """Tokenize (local-directory loader), then a short train and evaluate on real IMDb reviews."""
+    download_checkpoint("tiny", tmp_path / "checkpoint", sample_corpus())
+    config, state = convert_hf_checkpoint(tmp_path / "checkpoint")
+    save_converted(config, state, tmp_path / "model")
+
+    from transformers import AutoTokenizer
+
+    params = DataParams(dataset=str(SHARED_IMDB), max_length=256, limit=120, seed=0)
+    raw = load_raw(params.dataset)
+    assert len(raw["train"]) == len(raw["test"]) == 25_000
+    data, summary = tokenize(raw, AutoTokenizer.from_pretrained(tmp_path / "checkpoint"), params, config.max_length)
+    assert summary["train"]["reviews"] + summary["validation"]["reviews"] == 120
+    assert summary["test"]["reviews"] == 120 and summary["test"]["labels"] == {0: 60, 1: 60}
+    assert 0 < summary["test"]["truncated"] < 120  # IMDb reviews are often longer than 256 tokens
+    assert max(len(ids) for ids in data["test"]["input_ids"]) == 256
+    save_tokenized(data, summary, tmp_path / "tokenized")
+
+    best = train(tmp_path / "model", tmp_path / "tokenized", tmp_path / "train", tmp_path / "live",
+                 HeadConfig(dim=32), TrainParams(epochs=1, batch_size=4, grad_accum=2, eval_every=5))
+    assert 0 <= best["val_accuracy"] <= 1
+    metrics = evaluate(tmp_path / "train", tmp_path / "tokenized", tmp_path / "test.json", tmp_path / "pred.csv")
+    assert metrics["reviews"] == 120 and np.isfinite(metrics["loss"])
+    assert json.loads((tmp_path / "test.json").read_text())["accuracy"] == metrics["accuracy"]
+
+
+def test_shipped_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.checkpoint == "tiny" and params.data.dataset == "sample"
+    assert (params.head.dim, params.head.activation, params.head.dropout) == (768, "tanh", 0.1)
+    assert params.train.label_smoothing == 0.1
