@@ -92,8 +92,10 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, masks: AttentionMa
     n_pad = math.ceil(n / block) * block
     blocks = n_pad // block
 
-    # Queries: (B, n_pad, H, d) -> (B * blocks, H, L, d), a view.
-    q = F.pad(q, (0, 0, 0, 0, 0, n_pad - n)).view(batch, blocks, block, heads, head_dim)
+    # Queries: (B, n_pad, H, d) -> (B * blocks, H, L, d).
+    if n_pad > n:
+        q = F.pad(q, (0, 0, 0, 0, 0, n_pad - n))
+    q = q.view(batch, blocks, block, heads, head_dim)
     q = q.permute(0, 1, 3, 2, 4).flatten(0, 1)
 
     def keys_per_block(t: Tensor) -> Tensor:  # (B, n, H, d) -> (B * blocks, H, G + L + 2P, d)
@@ -145,7 +147,11 @@ class LongformerSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(batch, n, 3, self.num_heads, dim // self.num_heads).unbind(2)
         out = sliding_window_attention(q, k, v, masks, self.one_sided, dropout_p).reshape(batch, n, dim)
         if masks.num_global:
-            rows = global_attention(x, masks, self.query_global, self.key_global, self.value_global,
-                                    self.num_heads, dropout_p)
-            out = masks.put_global(out, rows)
+            out = masks.put_global(out, self.global_rows(x, masks))
         return out
+
+    def global_rows(self, x: Tensor, masks: AttentionMasks) -> Tensor:
+        """x (B, n, D) -> attention outputs of the global tokens only, (B, G, D)."""
+        dropout_p = self.dropout if self.training else 0.0
+        return global_attention(x, masks, self.query_global, self.key_global, self.value_global, self.num_heads,
+                                dropout_p)

@@ -39,6 +39,31 @@ class Embeddings(nn.Module):
         return self.dropout(self.norm(x))
 
 
+class ActivationLinear(torch.autograd.Function):
+    """y = activation(h) @ W^T + b that saves only h and recomputes activation(h) in backward.
+
+    The activation output is as large as h (4x the hidden states); not keeping it cuts a layer's saved
+    activations by about a fifth, for one cheap elementwise recompute.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, gelu: bool) -> Tensor:
+        ctx.save_for_backward(h, weight)
+        ctx.gelu = gelu
+        return F.linear(F.gelu(h) if gelu else F.relu(h), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        h, weight = ctx.saved_tensors
+        with torch.enable_grad():  # recompute the activation and let autograd give its derivative
+            h_ = h.detach().requires_grad_()
+            a = F.gelu(h_) if ctx.gelu else F.relu(h_)
+        grad_a = grad_y @ weight
+        grad_h, = torch.autograd.grad(a, h_, grad_a)
+        grad_weight = grad_y.flatten(0, -2).T @ a.detach().flatten(0, -2)
+        return grad_h, grad_weight, grad_y.flatten(0, -2).sum(0), None
+
+
 class Layer(nn.Module):
     """Post-norm transformer layer: attention -> add & norm -> feed-forward -> add & norm."""
 
@@ -51,12 +76,24 @@ class Layer(nn.Module):
         self.ffn_in = nn.Linear(dim, config.intermediate_size)
         self.ffn_out = nn.Linear(config.intermediate_size, dim)
         self.ffn_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.activation = nn.GELU() if config.hidden_act == "gelu" else nn.ReLU()
+        self.gelu = config.hidden_act == "gelu"  # else relu
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, x: Tensor, masks: AttentionMasks) -> Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn_out(self.attn(x, masks))))
-        return self.ffn_norm(x + self.dropout(self.ffn_out(self.activation(self.ffn_in(x)))))
+        return self._add_and_feed_forward(self.attn(x, masks), x)
+
+    def forward_global(self, x: Tensor, masks: AttentionMasks) -> Tensor:
+        """Outputs of the global tokens only, (B, G, D): all a last layer must compute when only they are read."""
+        return self._add_and_feed_forward(self.attn.global_rows(x, masks), masks.gather(x))
+
+    def _add_and_feed_forward(self, attended: Tensor, residual: Tensor) -> Tensor:
+        x = self.attn_norm(residual + self.dropout(self.attn_out(attended)))
+        h = self.ffn_in(x)
+        if torch.is_grad_enabled() and not torch.is_autocast_enabled(h.device.type):
+            y = ActivationLinear.apply(h, self.ffn_out.weight, self.ffn_out.bias, self.gelu)
+        else:  # inference or autocast: the plain modules
+            y = self.ffn_out(F.gelu(h) if self.gelu else F.relu(h))
+        return self.ffn_norm(x + self.dropout(y))
 
 
 class LongformerModel(nn.Module):
@@ -70,8 +107,13 @@ class LongformerModel(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                global_attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None) -> Tensor:
-        """input_ids (B, n); attention_mask 1 = token, 0 = padding; global_attention_mask 1 = global."""
+                global_attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                global_only: bool = False) -> Tensor:
+        """input_ids (B, n); attention_mask 1 = token, 0 = padding; global_attention_mask 1 = global.
+
+        Returns the last hidden states (B, n, hidden), or with `global_only` those of the global tokens,
+        (B, G, hidden) in position order, which lets the last layer skip every other token.
+        """
         if input_ids.shape[1] > self.config.max_length:
             raise ValueError(f"input has {input_ids.shape[1]} tokens; this model takes at most "
                              f"{self.config.max_length} (max_position_embeddings={self.config.max_position_embeddings})")
@@ -80,12 +122,15 @@ class LongformerModel(nn.Module):
         if global_attention_mask is None:
             global_attention_mask = torch.zeros_like(input_ids)
         masks = AttentionMasks.build(attention_mask, global_attention_mask)
+        if global_only and not masks.num_global:
+            raise ValueError("global_only=True needs at least one global token")
         x = self.embeddings(input_ids, token_type_ids)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            run = layer.forward_global if global_only and i == len(self.layers) - 1 else layer
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, masks, use_reentrant=False)  # recompute activations in backward
+                x = checkpoint(run, x, masks, use_reentrant=False)  # recompute activations in backward
             else:
-                x = layer(x, masks)
+                x = run(x, masks)
         return x
 
     @classmethod
@@ -153,12 +198,13 @@ class LongformerClassifier(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 global_attention_mask: Tensor | None = None) -> Tensor:
-        """-> logits (B, num_labels)."""
-        if global_attention_mask is None:
-            global_attention_mask = torch.zeros_like(input_ids)
-            global_attention_mask[:, 0] = 1
-        hidden = self.encoder(input_ids, attention_mask, global_attention_mask)
-        return self.head(hidden[:, 0])
+        """-> logits (B, num_labels). The first token is always global (more may be given)."""
+        global_attention_mask = torch.zeros_like(input_ids) if global_attention_mask is None \
+            else global_attention_mask.clone()
+        global_attention_mask[:, 0] = 1
+        # The first token is the first global slot; the last layer computes only the global tokens.
+        cls = self.encoder(input_ids, attention_mask, global_attention_mask, global_only=True)[:, 0]
+        return self.head(cls)
 
     def loss(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
         return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)

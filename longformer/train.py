@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+import os
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,7 @@ class TrainParams:
     label_smoothing: float = 0.1
     max_grad_norm: float = 1.0
     eval_every: int = 100  # optimizer steps between validations (and at every epoch end); 0 = epoch ends only
+    checkpoint_every: int = 200  # optimizer steps between resumable checkpoints (and at every epoch end)
     gradient_checkpointing: bool = False
     seed: int = 0
 
@@ -47,8 +52,9 @@ class TrainParams:
             raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if self.weight_decay < 0 or self.max_grad_norm <= 0 or self.eval_every < 0:
-            raise ValueError("train.weight_decay and train.eval_every must be >= 0, train.max_grad_norm > 0")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0 or self.eval_every < 0 or self.checkpoint_every < 1:
+            raise ValueError("train.weight_decay and train.eval_every must be >= 0, train.max_grad_norm > 0, "
+                             "train.checkpoint_every >= 1")
 
 
 def warmup_then_linear_decay(total_steps: int, warmup_steps: int):
@@ -67,9 +73,46 @@ def make_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.A
                               {"params": no_decay, "weight_decay": 0.0}], lr=params.lr)
 
 
+def run_key(model_dir: Path, data_dir: Path, head: HeadConfig, params: TrainParams) -> str:
+    """Identifies a run by its params and inputs: resume state of any other run is discarded."""
+    digest = hashlib.sha256(json.dumps([asdict(head), asdict(params)], sort_keys=True).encode())
+    for path in (model_dir / "config.json", data_dir / "summary.json"):
+        digest.update(path.read_bytes())
+    digest.update(str((model_dir / "model.safetensors").stat().st_size).encode())
+    return digest.hexdigest()
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def restore(files: dict[str, bytes], directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    for name, content in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(content)
+
+
+@dataclass
+class Position:
+    """Where training stands: the next optimizer step runs batch group `group` of epoch `epoch`."""
+
+    step: int = 0
+    epoch: int = 0
+    group: int = 0
+
+
 def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metrics_dir: str | Path,
-          head: HeadConfig, params: TrainParams) -> dict[str, float]:
-    """Fine-tune encoder + head; keeps the best checkpoint by validation accuracy in `out_dir`."""
+          head: HeadConfig, params: TrainParams, resume_dir: str | Path = ".resume/train") -> dict[str, float]:
+    """Fine-tune encoder + head; the best checkpoint by validation accuracy goes to `out_dir`.
+
+    Every `checkpoint_every` optimizer steps and at each epoch end, everything needed to go on (weights,
+    optimizer, scheduler, RNG, data position, best weights, dvclive files) is written atomically to
+    `resume_dir/state.pt`. Re-running with the same params and inputs after an interruption resumes
+    from there and ends exactly where an uninterrupted run would; a finished run removes it.
+    """
+    model_dir, data_dir, out_dir, metrics_dir = map(Path, (model_dir, data_dir, out_dir, metrics_dir))
+    resume_file = Path(resume_dir) / "state.pt"
     torch.manual_seed(params.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = LongformerClassifier.from_encoder(load_encoder(model_dir), head).to(device)
@@ -86,25 +129,58 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_then_linear_decay(total_steps, math.ceil(params.warmup_ratio * total_steps)))
 
+    key = run_key(model_dir, data_dir, head, params)
+    position, best, best_state = Position(), {"val_accuracy": -1.0}, None
+    state = torch.load(resume_file, weights_only=False) if resume_file.is_file() else None
+    if state is not None and state["key"] == key:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        position, best, best_state = Position(**state["position"]), state["best"], state["best_model"]
+        restore(state["live"], metrics_dir)
+        print(f"resuming an interrupted run from {resume_file}: optimizer step {position.step} of {total_steps}, "
+              f"epoch {position.epoch + 1}")
+    elif state is not None:
+        print(f"discarding {resume_file}: it belongs to a run with other params or inputs")
     # dvc.yaml declares metrics and plots itself; never create experiments behind the user's back.
-    live = Live(str(metrics_dir), dvcyaml=False, save_dvc_exp=False, report=None)
-    best = {"val_accuracy": -1.0}
-    step = 0
+    live = Live(str(metrics_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=state is not None
+                and state["key"] == key)
+    live.step = position.step
+
+    def save_resume_state() -> None:
+        resume_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "position": asdict(position), "best": best, "best_model": best_state,
+                    "live": snapshot(metrics_dir)}, resume_file.with_suffix(".tmp"))
+        os.replace(resume_file.with_suffix(".tmp"), resume_file)  # a kill never leaves a torn state file
 
     def validate(epoch: int) -> None:
+        nonlocal best_state
         metrics = classification_metrics(predict(model, val_set, params.batch_size, desc="validate"), val_labels)
         live.log_metric("val/accuracy", metrics["accuracy"])
         live.log_metric("val/loss", metrics["loss"])
         if metrics["accuracy"] > best["val_accuracy"]:
-            best.update(val_accuracy=metrics["accuracy"], val_loss=metrics["loss"], step=step, epoch=epoch)
+            best.update(val_accuracy=metrics["accuracy"], val_loss=metrics["loss"], step=position.step, epoch=epoch)
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def save_best() -> None:
+        if best_state is not None:
+            model.load_state_dict(best_state)
             save_classifier(model, out_dir)
 
     model.train()
-    for epoch in range(params.epochs):
+    while position.epoch < params.epochs:
+        epoch = position.epoch
         batches = length_bucketed_batches(lengths, params.batch_size, shuffle=True, seed=params.seed + epoch)
-        progress = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{params.epochs}", unit="step", disable=None)
-        for start in range(0, len(batches), params.grad_accum):
-            group = batches[start:start + params.grad_accum]
+        groups = [batches[i:i + params.grad_accum] for i in range(0, len(batches), params.grad_accum)]
+        progress = tqdm(total=len(groups), initial=position.group, desc=f"epoch {epoch + 1}/{params.epochs}",
+                        unit="step", disable=None)
+        for group in groups[position.group:]:
             group_loss = 0.0
             for batch_idx in group:
                 batch = collate([rows[i] for i in batch_idx], [labels[i] for i in batch_idx],
@@ -114,25 +190,34 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
                     logits = model(batch["input_ids"], batch["attention_mask"])
                 loss = model.loss(logits, batch["labels"], params.label_smoothing)
                 if not torch.isfinite(loss):
-                    raise TrainingError(f"the loss is {loss.item()} at optimizer step {step + 1} (epoch {epoch + 1}); "
-                                        f"stopped. The best checkpoint so far is kept in {out_dir}. "
-                                        "Try a lower train.lr or train.max_grad_norm.")
+                    save_best()
+                    raise TrainingError(
+                        f"the loss is {loss.item()} at optimizer step {position.step + 1} (epoch {epoch + 1}); "
+                        f"training stopped. The best weights so far are in {out_dir}, the last good resumable "
+                        f"state in {resume_file}. Try a lower train.lr or train.max_grad_norm.")
                 (loss / len(group)).backward()
                 group_loss += loss.item() / len(group)
             torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            position.step += 1
+            position.group += 1
             live.log_metric("train/loss", group_loss)
             live.log_metric("train/lr", scheduler.get_last_lr()[0])
             progress.update()
             progress.set_postfix(loss=f"{group_loss:.4f}", best_val=f"{max(best['val_accuracy'], 0):.4f}")
-            epoch_end = start + params.grad_accum >= len(batches)
-            if epoch_end or (params.eval_every and step % params.eval_every == 0):
+            epoch_end = position.group == len(groups)
+            if epoch_end or (params.eval_every and position.step % params.eval_every == 0):
                 validate(epoch + 1)
             live.next_step()  # dvclive's step is the optimizer step
+            if epoch_end:
+                position.epoch, position.group = epoch + 1, 0
+            if epoch_end or position.step % params.checkpoint_every == 0:
+                save_resume_state()
         progress.close()
+    save_best()
     live.summary["best"] = dict(best)
     live.end()
+    shutil.rmtree(resume_file.parent, ignore_errors=True)  # finished: nothing to resume
     return best

@@ -121,3 +121,16 @@ def test_output_does_not_depend_on_extra_padding(models):
         short, long = ours(ids, mask, glob), ours(*padded)
     valid = mask.bool()
     assert (long[:, :20][valid] - short[valid]).abs().max() <= 1e-6
+
+
+def test_global_only_output_equals_full_output_at_global_tokens(models):
+    _, ours = models
+    ours.eval()
+    ids, mask, glob = make_batch(37, "several")
+    masks_glob = glob.bool() & mask.bool()
+    with torch.no_grad():
+        full = ours(ids, mask, glob)
+        only = ours(ids, mask, glob, global_only=True)  # (B, G, D), global tokens in position order
+    for row in range(3):
+        count = int(masks_glob[row].sum())
+        torch.testing.assert_close(only[row, :count], full[row, masks_glob[row]], rtol=1e-5, atol=1e-6)

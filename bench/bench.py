@@ -1,0 +1,321 @@
+"""Ours vs transformers' Longformer, same weights, same process: time, memory, efficiency, real IMDb reviews.
+
+    python bench/bench.py                      # base shape, fp32, CPU: table + bench/results/bench.json
+    python bench/bench.py --large              # 24 layers, hidden 1024
+    python bench/bench.py --device cuda --dtype bf16 --checkpointing   # on a GPU
+
+Random weights (the shapes are what matter for speed). Ratios are what to read: this machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import psutil
+import torch
+from transformers import LongformerConfig as HFConfig
+from transformers import LongformerForSequenceClassification as HFClassifier
+
+from longformer import HeadConfig, LongformerClassifier, LongformerConfig
+from longformer.convert import rename_hf_state_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+IMDB = ROOT.parent / "shared" / "imdb"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measuring
+
+def exact_cpu_memory() -> None:
+    """Make process RSS track live tensors: every allocation >= 64 KiB gets its own mmap, unmapped on free.
+
+    By default glibc raises its mmap threshold to 32 MiB after the first large free and then keeps freed
+    memory in its heap, so RSS would measure the allocator's caching rather than what a model holds.
+    Slower (page faults), so timings are taken before this is switched on.
+    """
+    m_mmap_threshold = -3
+    ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, 64 * 1024)
+
+
+class PeakMemory:
+    """Peak memory above the starting point: CUDA allocator stats, or sampled process RSS on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            return self
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so RSS starts low
+        except OSError:
+            pass
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self.running = False
+            self.thread.join()
+            self.bytes = max(self.peak, self.process.memory_info().rss) - self.start
+
+
+def timed(fn, device: torch.device) -> tuple[float, int]:
+    """Seconds and peak extra bytes of one call of fn."""
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return seconds, memory.bytes
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """The machine's dense matmul rate (FLOP/s) on a Longformer-sized product (4096x768 @ 768x3072)."""
+    a = torch.randn(4096, 768, device=device, dtype=dtype)
+    b = torch.randn(768, 3072, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(10):
+        seconds, _ = timed(lambda: a @ b, device)
+        best = min(best, seconds)
+    return 2 * 4096 * 768 * 3072 / best
+
+
+def model_flops(config: HFConfig, n: int) -> float:
+    """FLOPs a forward must do: the linear layers plus the (2w+1)-wide band of attention, per layer."""
+    d, inner = config.hidden_size, config.intermediate_size
+    total = 0.0
+    for window in config.attention_window:
+        total += 2 * n * (4 * d * d + 2 * d * inner) + 4 * n * (window + 1) * d
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+def build_models(large: bool, device: torch.device, num_labels: int = 2):
+    """transformers' classifier and ours, with the same encoder weights."""
+    shape = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096) if large \
+        else dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+    hf_config = HFConfig(vocab_size=50265, attention_window=512, max_position_embeddings=4098, pad_token_id=1,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=num_labels, **shape)
+    torch.manual_seed(0)
+    hf = HFClassifier(hf_config).to(device)
+    ours = LongformerClassifier(LongformerConfig.from_hf_dict(hf_config.to_dict()),
+                                HeadConfig(dim=shape["hidden_size"], dropout=0.0, num_labels=num_labels))
+    ours.encoder.load_state_dict(rename_hf_state_dict(hf.longformer.state_dict()))
+    return hf_config, hf, ours.to(device)
+
+
+def forward_fn(model, ids: torch.Tensor):
+    glob = torch.zeros_like(ids)
+    glob[:, 0] = 1
+    if isinstance(model, HFClassifier):
+        return lambda: model(input_ids=ids, global_attention_mask=glob).logits
+    return lambda: model(ids, global_attention_mask=glob)
+
+
+def set_checkpointing(model, on: bool) -> None:
+    if isinstance(model, HFClassifier):
+        model.gradient_checkpointing_enable() if on else model.gradient_checkpointing_disable()
+    else:
+        model.encoder.gradient_checkpointing = on
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Benchmarks
+
+def forward_and_backward(model, ids: torch.Tensor, device, autocast) -> tuple[float, int, float, int]:
+    """(forward s, forward peak bytes, forward+backward s, forward+backward peak bytes) at one length."""
+    run = forward_fn(model, ids)
+    model.eval()
+    with torch.no_grad(), autocast:
+        run()  # warm-up
+        fwd_s, fwd_mem = timed(run, device)
+    model.train()
+
+    def step() -> None:
+        with autocast:
+            out = run()
+        out.float().sum().backward()
+
+    fb_s, fb_mem = timed(step, device)
+    model.zero_grad(set_to_none=True)
+    return fwd_s, fwd_mem, fb_s, fb_mem
+
+
+def bench_lengths(models: dict, config: HFConfig, lengths: list[int], device, autocast, rate: float) -> list[dict]:
+    """Times first; on the CPU, peak memory in a second pass with exact_cpu_memory() switched on."""
+    inputs = {n: torch.randint(3, config.vocab_size, (1, n), device=device) for n in lengths}
+    rows = []
+    for n in lengths:
+        for name, model in models.items():
+            fwd_s, fwd_mem, fb_s, fb_mem = forward_and_backward(model, inputs[n], device, autocast)
+            rows.append(dict(model=name, tokens=n, forward_s=fwd_s, forward_backward_s=fb_s,
+                             forward_peak_mb=fwd_mem / 2**20, forward_backward_peak_mb=fb_mem / 2**20,
+                             forward_tokens_per_s=n / fwd_s,
+                             forward_matmul_fraction=model_flops(config, n) / fwd_s / rate))
+            print(f"  {name:12s} {n:5d} tokens: forward {fwd_s:7.2f}s, fwd+bwd {fb_s:7.2f}s", flush=True)
+    if device.type == "cpu":
+        exact_cpu_memory()
+        for row in rows:
+            _, fwd_mem, _, fb_mem = forward_and_backward(models[row["model"]], inputs[row["tokens"]], device, autocast)
+            row.update(forward_peak_mb=fwd_mem / 2**20, forward_backward_peak_mb=fb_mem / 2**20)
+    for row in rows:
+        print(f"  {row['model']:12s} {row['tokens']:5d} tokens: forward peak {row['forward_peak_mb'] / 1024:5.2f} GiB, "
+              f"fwd+bwd peak {row['forward_backward_peak_mb'] / 1024:5.2f} GiB", flush=True)
+    return rows
+
+
+def imdb_token_lengths(count: int, seed: int = 0) -> list[int]:
+    """Token counts of `count` real IMDb test reviews under a RoBERTa-sized (50k) byte-level BPE.
+
+    The hub's tokenizer is unreachable offline, so one is trained on IMDb's train split (same algorithm and
+    vocabulary size as RoBERTa's); only the lengths matter for speed.
+    """
+    from datasets import load_dataset
+    from tokenizers import ByteLevelBPETokenizer
+
+    data = load_dataset("parquet", data_files={"train": str(IMDB / "train.parquet"),
+                                               "test": str(IMDB / "test.parquet")})
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(data["train"].shuffle(seed=seed).select(range(10_000))["text"], vocab_size=50265,
+                            show_progress=False)
+    reviews = data["test"].shuffle(seed=seed).select(range(count))["text"]
+    return [min(len(e.ids) + 2, 4096) for e in bpe.encode_batch(reviews)]  # + <s> and </s>
+
+
+def bench_imdb(models: dict, config: HFConfig, lengths: list[int], device, autocast) -> list[dict]:
+    """Training steps at batch 1 (forward, backward, AdamW) over real review lengths, as in the reference runs."""
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(3, config.vocab_size, (1, n), generator=gen).to(device) for n in lengths]
+    label = torch.zeros(1, dtype=torch.long, device=device)
+    for name, model in models.items():
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def train_steps(inputs) -> None:
+            for ids in inputs:
+                with autocast:
+                    logits = forward_fn(model, ids)()
+                torch.nn.functional.cross_entropy(logits.float(), label).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        train_steps(batches[:1])  # warm-up (and AdamW state)
+        seconds, peak = timed(lambda: train_steps(batches), device)
+        rows.append(dict(model=name, reviews=len(lengths), tokens=sum(lengths), seconds=seconds,
+                         reviews_per_s=len(lengths) / seconds, peak_mb=peak / 2**20))
+        print(f"  {name:12s} {len(lengths)} IMDb reviews: {seconds:.1f}s, {len(lengths) / seconds:.2f} reviews/s",
+              flush=True)
+        del optimizer
+    return rows
+
+
+def summarize(rows: list[dict], imdb: list[dict]) -> dict:
+    by = {(r["model"], r["tokens"]): r for r in rows}
+    lengths = sorted({r["tokens"] for r in rows})
+    ratios = {}
+    for n in lengths:
+        ours, hf = by[("ours", n)], by[("transformers", n)]
+        ratios[n] = dict(forward_speedup=hf["forward_s"] / ours["forward_s"],
+                         forward_backward_speedup=hf["forward_backward_s"] / ours["forward_backward_s"],
+                         forward_backward_memory_ratio=ours["forward_backward_peak_mb"] / hf["forward_backward_peak_mb"])
+    out = {"ratios": ratios}
+    if 2048 in lengths and 4096 in lengths:
+        out["ours_forward_time_4096_over_2048"] = by[("ours", 4096)]["forward_s"] / by[("ours", 2048)]["forward_s"]
+        out["ours_forward_backward_time_4096_over_2048"] = (by[("ours", 4096)]["forward_backward_s"]
+                                                             / by[("ours", 2048)]["forward_backward_s"])
+    if imdb:
+        imdb_by = {r["model"]: r for r in imdb}
+        out["imdb_reviews_per_s_speedup"] = imdb_by["ours"]["reviews_per_s"] / imdb_by["transformers"]["reviews_per_s"]
+    return out
+
+
+def markdown_table(rows: list[dict], summary: dict, rate: float) -> str:
+    lines = ["| tokens | model | forward s | fwd+bwd s | fwd+bwd peak GiB | forward tokens/s | forward % of matmul rate |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['tokens']} | {r['model']} | {r['forward_s']:.2f} | {r['forward_backward_s']:.2f} | "
+                     f"{r['forward_backward_peak_mb'] / 1024:.2f} | {r['forward_tokens_per_s']:.0f} | "
+                     f"{100 * r['forward_matmul_fraction']:.0f}% |")
+    lines += ["", f"Measured matmul rate: {rate / 1e9:.0f} GFLOP/s.", "",
+              "| tokens | forward speed-up | fwd+bwd speed-up | fwd+bwd memory (ours / transformers) |",
+              "|---:|---:|---:|---:|"]
+    for n, r in summary["ratios"].items():
+        lines.append(f"| {n} | {r['forward_speedup']:.2f}x | {r['forward_backward_speedup']:.2f}x | "
+                     f"{r['forward_backward_memory_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
+    parser.add_argument("--large", action="store_true", help="24 layers, hidden 1024 (longformer-large)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in both models")
+    parser.add_argument("--imdb-reviews", type=int, default=16, help="real reviews for the training-step figure")
+    parser.add_argument("--skip-transformers", action="store_true", help="only ours (e.g. where it runs out of memory)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench.json")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    autocast = torch.autocast(device.type, dtype=dtype) if args.dtype == "bf16" else nullcontext()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {args.dtype}", flush=True)
+    rate = matmul_rate(device, dtype)
+    print(f"matmul rate: {rate / 1e9:.0f} GFLOP/s", flush=True)
+    config, hf, ours = build_models(args.large, device)
+    models = {"transformers": hf, "ours": ours}
+    if args.skip_transformers:
+        del models["transformers"]
+    for model in models.values():
+        set_checkpointing(model, args.checkpointing)
+
+    imdb = []  # first: the memory pass of bench_lengths slows the allocator down
+    if args.imdb_reviews and IMDB.is_dir():
+        lengths = imdb_token_lengths(args.imdb_reviews)
+        print(f"IMDb sample: {len(lengths)} reviews, {sum(lengths)} tokens, longest {max(lengths)}", flush=True)
+        imdb = bench_imdb(models, config, lengths, device, autocast)
+    rows = bench_lengths(models, config, args.lengths, device, autocast, rate)
+    summary = summarize(rows, imdb) if "transformers" in models else {"ratios": {}}
+    result = dict(setup=dict(vars(args), out=str(args.out), torch=torch.__version__, threads=torch.get_num_threads(),
+                             cpu=os.cpu_count(), matmul_gflops=rate / 1e9, shape="large" if args.large else "base"),
+                  lengths=rows, imdb=imdb, summary=summary)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print()
+    if "transformers" in models:
+        print(markdown_table(rows, summary, rate))
+    print(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

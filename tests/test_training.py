@@ -1,0 +1,120 @@
+"""Training that survives: a SIGKILLed run resumes to the same result; determinism; a NaN loss stops cleanly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from longformer.checkpoint import save_converted
+from longformer.convert import convert_hf_checkpoint, download_checkpoint
+from longformer.data import DataParams, sample_corpus, sample_dataset, save_tokenized, tokenize
+from longformer.model import HeadConfig
+from longformer.train import TrainingError, TrainParams, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = dict(epochs=2, batch_size=4, grad_accum=2, eval_every=10, checkpoint_every=5, lr=5e-4)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """A converted tiny model and a small tokenized sample, as the convert and tokenize stages write them."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("inputs")
+    download_checkpoint("tiny", root / "checkpoint", sample_corpus())
+    save_converted(*convert_hf_checkpoint(root / "checkpoint"), root / "data/model")
+    params = DataParams(max_length=512, limit=160)
+    data, summary = tokenize(sample_dataset(), AutoTokenizer.from_pretrained(root / "checkpoint"), params, 1024)
+    save_tokenized(data, summary, root / "data/tokenized")
+    return root
+
+
+def train_stage(workdir: Path, inputs: Path, train_params: dict) -> subprocess.Popen:
+    """The real train stage in `workdir`, reading the inputs' data/ through a symlink."""
+    workdir.mkdir(exist_ok=True)
+    if not (workdir / "data").exists():
+        (workdir / "data").mkdir()
+        for name in ("model", "tokenized"):
+            (workdir / "data" / name).symlink_to(inputs / "data" / name)
+    (workdir / "params.yaml").write_text(yaml.safe_dump({"head": {"dim": 32}, "train": train_params}))
+    env = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return output
+
+
+def results(workdir: Path) -> tuple[dict, dict]:
+    weights = load_file(workdir / "data/train/model.safetensors")
+    metrics = json.loads((workdir / "metrics/train/metrics.json").read_text())
+    return weights, metrics
+
+
+def test_killed_run_resumes_to_the_same_result(inputs, tmp_path):
+    finish(train_stage(tmp_path / "straight", inputs, TRAIN))
+    expected_weights, expected_metrics = results(tmp_path / "straight")
+    assert not (tmp_path / "straight/.resume/train").exists()  # a finished run leaves nothing to resume
+
+    killed = tmp_path / "killed"
+    process = train_stage(killed, inputs, TRAIN)
+    state = killed / ".resume/train/state.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it mid-epoch, once a few checkpoints exist
+        if state.is_file() and torch.load(state, weights_only=False)["position"]["step"] >= 10:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    steps_done = torch.load(state, weights_only=False)["position"]["step"]
+    assert 10 <= steps_done and not (killed / "data/train/model.safetensors").exists()
+
+    output = finish(train_stage(killed, inputs, TRAIN))
+    assert "resuming an interrupted run" in output and f"optimizer step {steps_done}" in output
+    weights, metrics = results(killed)
+    assert metrics == expected_metrics
+    for name, tensor in expected_weights.items():
+        assert torch.equal(weights[name], tensor), name
+    for curve in ("train/loss", "val/accuracy"):
+        assert ((killed / f"metrics/train/plots/metrics/{curve}.tsv").read_text()
+                == (tmp_path / f"straight/metrics/train/plots/metrics/{curve}.tsv").read_text())
+    assert not (killed / ".resume/train").exists()
+
+
+def test_state_of_other_params_is_discarded(inputs, tmp_path):
+    process = train_stage(tmp_path, inputs, TRAIN)
+    state = tmp_path / ".resume/train/state.pt"
+    while process.poll() is None and not state.is_file():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    output = finish(train_stage(tmp_path, inputs, TRAIN | {"lr": 1e-4}))
+    assert "discarding" in output and "resuming" not in output
+
+
+def test_same_seed_same_metrics(inputs, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        best = train(inputs / "data/model", inputs / "data/tokenized", tmp_path / name, tmp_path / f"{name}_live",
+                     HeadConfig(dim=32), TrainParams(**TRAIN | {"epochs": 1}), resume_dir=tmp_path / f"{name}_resume")
+        runs.append((best, (tmp_path / f"{name}_live/metrics.json").read_text()))
+    assert runs[0] == runs[1]
+
+
+def test_nan_loss_stops_with_step_and_keeps_best(inputs, tmp_path):
+    params = TrainParams(**TRAIN | {"lr": 1e30, "max_grad_norm": 1e30, "eval_every": 1})
+    with pytest.raises(TrainingError, match=r"the loss is (nan|inf|-inf) at optimizer step \d+"):
+        train(inputs / "data/model", inputs / "data/tokenized", tmp_path / "out", tmp_path / "live",
+              HeadConfig(dim=32), params, resume_dir=tmp_path / "resume")
+    assert (tmp_path / "out/model.safetensors").is_file()
