@@ -17,6 +17,7 @@ from tqdm import tqdm
 from longformer.batching import collate, length_bucketed_batches
 from longformer.checkpoint import load_classifier
 from longformer.data import load_tokenized
+from longformer.distributed import Processes
 from longformer.model import LongformerClassifier
 
 
@@ -26,20 +27,29 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def predict(model: LongformerClassifier, data: Dataset, batch_size: int, desc: str = "predict") -> np.ndarray:
-    """Logits (N, num_labels) in the dataset's order; batches of similar length for speed."""
+def predict(model: LongformerClassifier, data: Dataset, batch_size: int, desc: str = "predict",
+            procs: Processes = Processes()) -> np.ndarray:
+    """Logits (N, num_labels) in the dataset's order, on every process.
+
+    Batches of similar length for speed; with several processes each predicts every world-th batch and
+    the results are gathered, so every review is counted exactly once.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     rows, labels = data["input_ids"], data["label"]
-    logits = np.zeros((len(rows), model.head_config.num_labels), dtype=np.float32)
-    for batch_idx in tqdm(length_bucketed_batches([len(r) for r in rows], batch_size, shuffle=False),
-                          desc=desc, leave=False, disable=None):
+    batches = length_bucketed_batches([len(r) for r in rows], batch_size, shuffle=False)[procs.rank::procs.world]
+    mine: list[tuple[list[int], np.ndarray]] = []
+    for batch_idx in tqdm(batches, desc=desc, leave=False, disable=None):
         batch = collate([rows[i] for i in batch_idx], [labels[i] for i in batch_idx], model.config.pad_token_id)
         with autocast(device):
             out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        logits[batch_idx] = out.float().cpu().numpy()
+        mine.append((batch_idx, out.float().cpu().numpy()))
     model.train(was_training)
+    logits = np.zeros((len(rows), model.head_config.num_labels), dtype=np.float32)
+    for part in procs.gather(mine):
+        for batch_idx, values in part:
+            logits[batch_idx] = values
     return logits
 
 
@@ -53,19 +63,23 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
 
 def evaluate(train_dir: str | Path, data_dir: str | Path, metrics_file: str | Path, predictions_file: str | Path,
              batch_size: int = 8) -> dict[str, float]:
-    """The best checkpoint on the test set -> metrics JSON and an actual/predicted CSV (confusion plot)."""
-    model = load_classifier(train_dir)
-    if torch.cuda.is_available():
-        model.cuda()
+    """The best checkpoint on the test set -> metrics JSON and an actual/predicted CSV (confusion plot).
+
+    Under torchrun the test set is split over the processes; the main process writes the files.
+    """
+    procs = Processes.from_env()
+    model = load_classifier(train_dir).to(procs.device)
     test = load_tokenized(data_dir, "test")
     labels = np.asarray(test["label"])
-    logits = predict(model, test, batch_size, desc="test")
+    logits = predict(model, test, batch_size, desc="test", procs=procs)
     metrics = classification_metrics(logits, labels) | {"reviews": len(labels)}
-    Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
-    Path(metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
-    with open(predictions_file, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["actual", "predicted"])
-        writer.writerows(zip(labels.tolist(), logits.argmax(axis=1).tolist()))
+    if procs.main:
+        Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
+        with open(predictions_file, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["actual", "predicted"])
+            writer.writerows(zip(labels.tolist(), logits.argmax(axis=1).tolist()))
+    procs.close()
     metrics["confusion_matrix"] = confusion_matrix(labels, logits.argmax(axis=1)).tolist()
     return metrics

@@ -7,17 +7,20 @@ import json
 import math
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from dvclive import Live
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from longformer.batching import collate, length_bucketed_batches
 from longformer.checkpoint import load_encoder, save_classifier
 from longformer.data import load_tokenized
+from longformer.distributed import Processes
 from longformer.evaluate import autocast, classification_metrics, predict
 from longformer.model import HeadConfig, LongformerClassifier
 
@@ -33,21 +36,23 @@ class TrainParams:
     grad_accum: int = 2
     lr: float = 5e-4
     weight_decay: float = 0.01
+    adam_eps: float = 1e-8
     warmup_ratio: float = 0.1  # fraction of the optimizer steps with a linear warmup
     label_smoothing: float = 0.1
     max_grad_norm: float = 1.0
     eval_every: int = 100  # optimizer steps between validations (and at every epoch end); 0 = epoch ends only
     checkpoint_every: int = 200  # optimizer steps between resumable checkpoints (and at every epoch end)
+    nproc: int = 1  # processes (GPUs, or CPU processes with gloo) on this node; > 1 runs under torchrun
     gradient_checkpointing: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum"):
+        for name in ("epochs", "batch_size", "grad_accum", "nproc"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"train.lr must be positive, got {self.lr!r}")
+        if not self.lr > 0 or not self.adam_eps > 0:
+            raise ValueError(f"train.lr and train.adam_eps must be positive, got {self.lr!r} and {self.adam_eps!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -70,7 +75,7 @@ def make_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.A
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": params.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=params.lr)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=params.lr, eps=params.adam_eps)
 
 
 def run_key(model_dir: Path, data_dir: Path, head: HeadConfig, params: TrainParams) -> str:
@@ -93,6 +98,19 @@ def restore(files: dict[str, bytes], directory: Path) -> None:
         (directory / name).write_bytes(content)
 
 
+def step_groups(batches: list[list[int]], grad_accum: int, procs: Processes) -> list[list[list[int]]]:
+    """Per optimizer step, this process's batches: steps take grad_accum * world batches, process r every
+    world-th from r. A short last step borrows batches from the epoch's start so all processes get as many."""
+    per_step = grad_accum * procs.world
+    groups = []
+    for start in range(0, len(batches), per_step):
+        step = batches[start:start + per_step]
+        if procs.world > 1 and len(step) % procs.world:
+            step = step + batches[:procs.world - len(step) % procs.world]
+        groups.append(step[procs.rank::procs.world])
+    return groups
+
+
 @dataclass
 class Position:
     """Where training stands: the next optimizer step runs batch group `group` of epoch `epoch`."""
@@ -113,17 +131,21 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
     """
     model_dir, data_dir, out_dir, metrics_dir = map(Path, (model_dir, data_dir, out_dir, metrics_dir))
     resume_file = Path(resume_dir) / "state.pt"
-    torch.manual_seed(params.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    procs = Processes.from_env()
+    device = procs.device
+    torch.manual_seed(params.seed)  # the same initial head on every process
     model = LongformerClassifier.from_encoder(load_encoder(model_dir), head).to(device)
     model.encoder.gradient_checkpointing = params.gradient_checkpointing
+    # The classifier's last layer never uses its sliding-window q/k/v projection: DDP must know.
+    ddp = DistributedDataParallel(model, find_unused_parameters=True) if procs.world > 1 else model
     train_set, val_set = load_tokenized(data_dir, "train"), load_tokenized(data_dir, "validation")
     rows, labels = train_set["input_ids"], train_set["label"]
     val_labels = np.asarray(val_set["label"])
     lengths = [len(r) for r in rows]
 
+    # An optimizer step takes grad_accum batches on each process: grad_accum * nproc in all.
     batches_per_epoch = math.ceil(len(rows) / params.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / params.grad_accum)
+    steps_per_epoch = math.ceil(batches_per_epoch / (params.grad_accum * procs.world))
     total_steps = params.epochs * steps_per_epoch
     optimizer = make_optimizer(model, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -136,40 +158,51 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"][procs.rank])
         if torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            torch.cuda.set_rng_state(state["cuda_rng"][procs.rank])
         position, best, best_state = Position(**state["position"]), state["best"], state["best_model"]
-        restore(state["live"], metrics_dir)
+        if procs.main:
+            restore(state["live"], metrics_dir)
         print(f"resuming an interrupted run from {resume_file}: optimizer step {position.step} of {total_steps}, "
               f"epoch {position.epoch + 1}")
     elif state is not None:
         print(f"discarding {resume_file}: it belongs to a run with other params or inputs")
-    # dvc.yaml declares metrics and plots itself; never create experiments behind the user's back.
-    live = Live(str(metrics_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=state is not None
-                and state["key"] == key)
-    live.step = position.step
+    # Only the main process logs. dvc.yaml declares metrics and plots itself, and no experiment is created
+    # behind the user's back.
+    live = Live(str(metrics_dir), dvcyaml=False, save_dvc_exp=False, report=None,
+                resume=state is not None and state["key"] == key) if procs.main else None
+    if live:
+        live.step = position.step
+
+    def log(name: str, value: float) -> None:
+        if live:
+            live.log_metric(name, value)
 
     def save_resume_state() -> None:
+        rng = procs.gather(torch.get_rng_state())
+        cuda_rng = procs.gather(torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
+        if not procs.main:
+            return
         resume_file.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "scheduler": scheduler.state_dict(), "rng": rng, "cuda_rng": cuda_rng,
                     "position": asdict(position), "best": best, "best_model": best_state,
                     "live": snapshot(metrics_dir)}, resume_file.with_suffix(".tmp"))
         os.replace(resume_file.with_suffix(".tmp"), resume_file)  # a kill never leaves a torn state file
 
     def validate(epoch: int) -> None:
         nonlocal best_state
-        metrics = classification_metrics(predict(model, val_set, params.batch_size, desc="validate"), val_labels)
-        live.log_metric("val/accuracy", metrics["accuracy"])
-        live.log_metric("val/loss", metrics["loss"])
+        logits = predict(model, val_set, params.batch_size, desc="validate", procs=procs)
+        metrics = classification_metrics(logits, val_labels)
+        log("val/accuracy", metrics["accuracy"])
+        log("val/loss", metrics["loss"])
         if metrics["accuracy"] > best["val_accuracy"]:
             best.update(val_accuracy=metrics["accuracy"], val_loss=metrics["loss"], step=position.step, epoch=epoch)
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
     def save_best() -> None:
-        if best_state is not None:
+        if best_state is not None and procs.main:
             model.load_state_dict(best_state)
             save_classifier(model, out_dir)
 
@@ -177,47 +210,54 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
     while position.epoch < params.epochs:
         epoch = position.epoch
         batches = length_bucketed_batches(lengths, params.batch_size, shuffle=True, seed=params.seed + epoch)
-        groups = [batches[i:i + params.grad_accum] for i in range(0, len(batches), params.grad_accum)]
+        groups = step_groups(batches, params.grad_accum, procs)
         progress = tqdm(total=len(groups), initial=position.group, desc=f"epoch {epoch + 1}/{params.epochs}",
-                        unit="step", disable=None)
+                        unit="step", disable=None if procs.main else True)
         for group in groups[position.group:]:
             group_loss = 0.0
-            for batch_idx in group:
+            for micro, batch_idx in enumerate(group):
                 batch = collate([rows[i] for i in batch_idx], [labels[i] for i in batch_idx],
                                 model.config.pad_token_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast(device):
-                    logits = model(batch["input_ids"], batch["attention_mask"])
-                loss = model.loss(logits, batch["labels"], params.label_smoothing)
-                if not torch.isfinite(loss):
-                    save_best()
-                    raise TrainingError(
-                        f"the loss is {loss.item()} at optimizer step {position.step + 1} (epoch {epoch + 1}); "
-                        f"training stopped. The best weights so far are in {out_dir}, the last good resumable "
-                        f"state in {resume_file}. Try a lower train.lr or train.max_grad_norm.")
-                (loss / len(group)).backward()
+                # Gradients are averaged over the processes once, at the group's last batch.
+                sync = nullcontext() if procs.world == 1 or micro == len(group) - 1 else ddp.no_sync()
+                with sync:
+                    with autocast(device):
+                        logits = ddp(batch["input_ids"], batch["attention_mask"])
+                    loss = model.loss(logits, batch["labels"], params.label_smoothing)
+                    if not torch.isfinite(loss):
+                        save_best()
+                        raise TrainingError(
+                            f"the loss is {loss.item()} at optimizer step {position.step + 1} (epoch {epoch + 1}); "
+                            f"training stopped. The best weights so far are in {out_dir}, the last good resumable "
+                            f"state in {resume_file}. Try a lower train.lr or train.max_grad_norm.")
+                    (loss / len(group)).backward()
                 group_loss += loss.item() / len(group)
+            group_loss = procs.mean(group_loss)
             torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             position.step += 1
             position.group += 1
-            live.log_metric("train/loss", group_loss)
-            live.log_metric("train/lr", scheduler.get_last_lr()[0])
+            log("train/loss", group_loss)
+            log("train/lr", scheduler.get_last_lr()[0])
             progress.update()
             progress.set_postfix(loss=f"{group_loss:.4f}", best_val=f"{max(best['val_accuracy'], 0):.4f}")
             epoch_end = position.group == len(groups)
             if epoch_end or (params.eval_every and position.step % params.eval_every == 0):
                 validate(epoch + 1)
-            live.next_step()  # dvclive's step is the optimizer step
+            if live:
+                live.next_step()  # dvclive's step is the optimizer step
             if epoch_end:
                 position.epoch, position.group = epoch + 1, 0
             if epoch_end or position.step % params.checkpoint_every == 0:
                 save_resume_state()
         progress.close()
     save_best()
-    live.summary["best"] = dict(best)
-    live.end()
-    shutil.rmtree(resume_file.parent, ignore_errors=True)  # finished: nothing to resume
+    if live:
+        live.summary["best"] = dict(best)
+        live.end()
+        shutil.rmtree(resume_file.parent, ignore_errors=True)  # finished: nothing to resume
+    procs.close()
     return best

@@ -3,20 +3,25 @@
 from pathlib import Path
 
 from longformer.cli import app, user_errors
+from longformer.distributed import is_main_process, relaunch_under_torchrun
 from longformer.evaluate import evaluate
+from longformer.params import load_params
 
 cli = app(__doc__)
 
 
 @cli.command()
 @user_errors
-def main(checkpoint: Path = Path("data/train"), data: Path = Path("data/tokenized"),
+def main(params: Path = Path("params.yaml"), checkpoint: Path = Path("data/train"), data: Path = Path("data/tokenized"),
          metrics: Path = Path("metrics/test.json"), predictions: Path = Path("metrics/predictions.csv"),
          batch_size: int = 8) -> None:
     """Accuracy, loss and F1 on the test set (scikit-learn), and actual/predicted pairs for a confusion plot."""
+    if relaunch_under_torchrun(load_params(params).train.nproc, "stages.evaluate"):
+        return
     result = evaluate(checkpoint, data, metrics, predictions, batch_size)
-    print(f"test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, F1 {result['f1']:.4f} "
-          f"on {result['reviews']} reviews; confusion matrix {result['confusion_matrix']}")
+    if is_main_process():
+        print(f"test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, F1 {result['f1']:.4f} "
+              f"on {result['reviews']} reviews; confusion matrix {result['confusion_matrix']}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from longformer.cli import app, user_errors
+from longformer.distributed import is_main_process, relaunch_under_torchrun
 from longformer.params import load_params
 from longformer.train import train
 
@@ -15,8 +16,11 @@ def main(params: Path = Path("params.yaml"), model: Path = Path("data/model"), d
          out: Path = Path("data/train"), metrics: Path = Path("metrics/train")) -> None:
     """Train with the head.* and train.* params; keep the checkpoint with the best validation accuracy."""
     p = load_params(params)
+    if relaunch_under_torchrun(p.train.nproc, "stages.train"):
+        return
     best = train(model, data, out, metrics, p.head, p.train)
-    print(f"best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} (step {best['step']})")
+    if is_main_process():
+        print(f"best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} (step {best['step']})")
 
 
 if __name__ == "__main__":

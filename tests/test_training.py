@@ -1,59 +1,28 @@
 """Training that survives: a SIGKILLed run resumes to the same result; determinism; a NaN loss stops cleanly."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from longformer.checkpoint import save_converted
-from longformer.convert import convert_hf_checkpoint, download_checkpoint
-from longformer.data import DataParams, sample_corpus, sample_dataset, save_tokenized, tokenize
 from longformer.model import HeadConfig
 from longformer.train import TrainingError, TrainParams, train
+from tests.conftest import finish, prepare_inputs, start_stage
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN = dict(epochs=2, batch_size=4, grad_accum=2, eval_every=10, checkpoint_every=5, lr=5e-4)
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """A converted tiny model and a small tokenized sample, as the convert and tokenize stages write them."""
-    from transformers import AutoTokenizer
-
-    root = tmp_path_factory.mktemp("inputs")
-    download_checkpoint("tiny", root / "checkpoint", sample_corpus())
-    save_converted(*convert_hf_checkpoint(root / "checkpoint"), root / "data/model")
-    params = DataParams(max_length=512, limit=160)
-    data, summary = tokenize(sample_dataset(), AutoTokenizer.from_pretrained(root / "checkpoint"), params, 1024)
-    save_tokenized(data, summary, root / "data/tokenized")
-    return root
+    return prepare_inputs(tmp_path_factory.mktemp("inputs"), limit=160)
 
 
-def train_stage(workdir: Path, inputs: Path, train_params: dict) -> subprocess.Popen:
-    """The real train stage in `workdir`, reading the inputs' data/ through a symlink."""
-    workdir.mkdir(exist_ok=True)
-    if not (workdir / "data").exists():
-        (workdir / "data").mkdir()
-        for name in ("model", "tokenized"):
-            (workdir / "data" / name).symlink_to(inputs / "data" / name)
-    (workdir / "params.yaml").write_text(yaml.safe_dump({"head": {"dim": 32}, "train": train_params}))
-    env = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(process: subprocess.Popen) -> str:
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output
-    return output
+def train_stage(workdir: Path, inputs: Path, train_params: dict):
+    return start_stage("stages.train", workdir, inputs, {"head": {"dim": 32}, "train": train_params})
 
 
 def results(workdir: Path) -> tuple[dict, dict]:
