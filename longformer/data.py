@@ -94,13 +94,15 @@ def _load_directory(directory: Path) -> DatasetDict:
         if not found:
             raise DataError(f"{directory} has no {split} file: expected {split}.parquet, .csv, .json or .jsonl")
         files[split] = found[0]
-    builders = {FILE_BUILDERS[p.suffix] for p in files.values()}
-    if len(builders) > 1:
-        raise DataError(f"{directory}: train and test files must have the same format, got {sorted(builders)}")
-    try:
-        return load_dataset(builders.pop(), data_files={k: str(v) for k, v in files.items()})
-    except Exception as error:
-        raise DataError(f"could not read the dataset files in {directory}: {error}") from error
+    splits = {}
+    for split, path in files.items():  # one by one: a broken file is named, not mixed into a schema error
+        try:
+            splits[split] = load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
+        except Exception as error:
+            cause = f" ({error.__cause__})" if error.__cause__ else ""
+            raise DataError(f"could not read {path}: {error}{cause}; expected at least one row with `text` and "
+                            "`label` columns") from error
+    return DatasetDict(splits)
 
 
 def _check_columns(raw: DatasetDict, name: str) -> None:

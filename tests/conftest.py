@@ -54,7 +54,7 @@ def prepare_inputs(root: Path, limit: int, val_size: float = 0.1, dropout: float
     return root
 
 
-def start_stage(module: str, workdir: Path, inputs: Path, params: dict):
+def start_stage(module: str, workdir: Path, inputs: Path, params: dict, *args: str):
     """The real stage (`python -m stages.X`) in `workdir`, reading the inputs' data/ through symlinks."""
     import subprocess
     import sys
@@ -68,7 +68,7 @@ def start_stage(module: str, workdir: Path, inputs: Path, params: dict):
             (workdir / "data" / name).symlink_to(inputs / "data" / name)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TQDM_DISABLE": "1"}
-    return subprocess.Popen([sys.executable, "-m", module], cwd=workdir, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=workdir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

@@ -1,0 +1,106 @@
+"""Bad input as a new user would give it: one readable line (no traceback), exit 1, nothing touched."""
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from longformer.data import DataParams, sample_dataset, tokenize
+from tests.conftest import prepare_inputs, start_stage
+
+GOOD = {"model": {"checkpoint": "tiny"}, "data": {"dataset": "sample", "max_length": 512},
+        "head": {"dim": 32}, "train": {"epochs": 1}}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    return prepare_inputs(tmp_path_factory.mktemp("inputs"), limit=40)
+
+
+def with_value(group: str, key: str, value) -> dict:
+    params = json.loads(json.dumps(GOOD))
+    params[group][key] = value
+    return params
+
+
+def fails_cleanly(module: str, workdir: Path, inputs: Path, params: dict, *args: str) -> str:
+    process = start_stage(module, workdir, inputs, params, *args)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, output
+    assert "Traceback" not in output and output.count("error: ") == 1, output
+    return output
+
+
+@pytest.mark.parametrize("group, key, value, message", [
+    ("head", "dropout", 1.5, "head.dropout must be in [0, 1), got 1.5"),
+    ("head", "activation", "swish", "head.activation must be one of ['gelu', 'relu', 'tanh'], got 'swish'"),
+    ("head", "dim", 0, "head.dim must be a positive integer, got 0"),
+    ("train", "batch_size", 0, "train.batch_size must be a positive integer, got 0"),
+    ("head", "dropot", 0.1, "unknown parameter head.dropot in params.yaml; head takes: dim, dropout, activation"),
+    ("train", "lr", "fast", "train.lr must be of type float, got 'fast'"),
+])
+def test_bad_params_stop_the_train_stage(inputs, tmp_path, group, key, value, message):
+    output = fails_cleanly("stages.train", tmp_path, inputs, with_value(group, key, value))
+    assert message in output
+    assert not (tmp_path / "data/train").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_max_length_above_the_checkpoint(inputs, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/checkpoint").symlink_to(inputs / "checkpoint")
+    output = fails_cleanly("stages.tokenize", tmp_path, inputs, with_value("data", "max_length", 5000))
+    assert "data.max_length=5000 is above what the checkpoint's position embeddings allow (1024 tokens)" in output
+    assert not (tmp_path / "data/tokenized").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\n", "train.csv: Instruction \"train\" corresponds to no data!; expected at least one row"),
+    ("text\nsome review\n", "lacks the column(s) ['label']"),
+    ("text,label\ngreat film,\n", "rows without a valid label"),
+])
+def test_unusable_dataset_files(inputs, tmp_path, content, message):
+    data = tmp_path / "reviews"
+    data.mkdir()
+    (data / "train.csv").write_text(content)
+    (data / "test.csv").write_text("text,label\nfine,1\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/checkpoint").symlink_to(inputs / "checkpoint")
+    output = fails_cleanly("stages.tokenize", tmp_path, inputs, with_value("data", "dataset", str(data)))
+    assert message in output
+
+
+def test_checkpoint_with_missing_tensor(inputs, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in (inputs / "checkpoint").iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    state = load_file(broken / "model.safetensors")
+    del state["encoder.layer.0.attention.self.query_global.bias"]
+    save_file(state, broken / "model.safetensors")
+    (tmp_path / "data").mkdir()
+    output = fails_cleanly("stages.convert", tmp_path, inputs, GOOD, "--checkpoint", str(broken))
+    assert "missing tensors: encoder.layer.0.attention.self.query_global.bias" in output.replace("\n", "")
+    assert not (tmp_path / "data/model/model.safetensors").exists()
+
+
+def test_hub_id_while_offline(inputs, tmp_path):
+    output = fails_cleanly("stages.download", tmp_path, inputs,
+                           with_value("model", "checkpoint", "allenai/longformer-base-4096"))
+    assert "could not fetch 'allenai/longformer-base-4096'" in output and "local directory" in output
+
+
+def test_empty_and_too_long_reviews_are_kept_and_counted(inputs):
+    from transformers import AutoTokenizer
+
+    raw = sample_dataset(num_train=40, num_test=10)
+    raw["test"] = raw["test"].map(lambda row, i: {"text": "" if i == 0 else row["text"]}, with_indices=True)
+    data, summary = tokenize(raw, AutoTokenizer.from_pretrained(inputs / "checkpoint"), DataParams(max_length=64),
+                             1024)
+    tokenizer = AutoTokenizer.from_pretrained(inputs / "checkpoint")
+    too_long = sum(len(ids) > 64 for ids in tokenizer(list(raw["test"]["text"]))["input_ids"])
+    assert summary["test"]["empty"] == 1 and summary["test"]["reviews"] == 10
+    assert summary["test"]["truncated"] == too_long > 0
+    assert data["test"][0]["input_ids"] == [0, 2]  # <s></s>
+    assert max(len(ids) for ids in data["test"]["input_ids"]) == 64
+    assert all(ids[-1] == 2 for ids in data["test"]["input_ids"])  # truncation keeps </s>
