@@ -164,9 +164,9 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
         position, best, best_state = Position(**state["position"]), state["best"], state["best_model"]
         if procs.main:
             restore(state["live"], metrics_dir)
-        print(f"resuming an interrupted run from {resume_file}: optimizer step {position.step} of {total_steps}, "
-              f"epoch {position.epoch + 1}")
-    elif state is not None:
+            print(f"resuming an interrupted run from {resume_file}: optimizer step {position.step} of "
+                  f"{total_steps}, epoch {position.epoch + 1}")
+    elif state is not None and procs.main:
         print(f"discarding {resume_file}: it belongs to a run with other params or inputs")
     # Only the main process logs. dvc.yaml declares metrics and plots itself, and no experiment is created
     # behind the user's back.
