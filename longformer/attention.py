@@ -8,10 +8,13 @@ What it computes (the paper's definition, and what `transformers` computes):
 
 How it computes it:
   * local part: the sequence is cut into blocks of `w = window // 2` queries; each block attends to the
-    `3w` keys around it (plus the global keys) with one fused scaled-dot-product-attention call over all
-    blocks. Short sequences (n <= 3w) are one dense block with a band mask. Only 1.5x the needed scores
-    are computed (transformers: ~2x, with several full copies of the score tensor), and padding goes to
-    a multiple of w, not of the window.
+    `3w` keys around it. Short sequences (n <= 3w) are one dense block with a band mask. Only 1.5x the
+    needed scores are computed (transformers: ~2x, with several full copies of the score tensor), and
+    padding goes to a multiple of w, not of the window.
+  * on the CPU (no attention dropout), `BandedAttention` runs PyTorch's flash-attention kernels on
+    overlapping strided views of the keys and values, so the windows are never copied, and merges in the
+    global keys through log-sum-exps; it saves only q, k, v and the output for backward. Elsewhere (GPU,
+    attention dropout) one `scaled_dot_product_attention` call runs over copied windows plus global keys.
   * global part: with G global tokens the `key_global`/`value_global` projections of all n tokens are
     folded into the G queries (q . (W x + b) = (W^T q) . x + q . b), which costs G*heads/hidden of the
     projections (1/64 for the base model with only <s> global).
@@ -36,7 +39,7 @@ class AttentionMasks:
     key_local: Tensor  # (B, n) bool: reachable through the sliding window (valid and not global)
     global_index: Tensor  # (B, G) long: global positions first; spare slots hold distinct non-global positions
     global_present: Tensor  # (B, G) bool: the slot holds a real global token
-    _window_masks: dict[int, tuple[Tensor, int, int]] = field(default_factory=dict, repr=False)
+    _window_masks: dict[tuple, tuple[Tensor, int, int]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, attention_mask: Tensor, global_attention_mask: Tensor) -> AttentionMasks:
@@ -52,14 +55,18 @@ class AttentionMasks:
     def num_global(self) -> int:
         return self.global_index.shape[1]
 
-    def window_mask(self, one_sided: int) -> tuple[Tensor, int, int]:
-        """Mask (B * blocks, 1, L, G + L + 2P) for blocks of L queries, each seeing P extra keys per side."""
-        if one_sided not in self._window_masks:
-            self._window_masks[one_sided] = self._build_window_mask(one_sided)
-        return self._window_masks[one_sided]
+    def window_mask(self, one_sided: int, dtype: torch.dtype | None = None) -> tuple[Tensor, int, int]:
+        """Mask (B * blocks, 1, L, L + 2P) of the window keys, for blocks of L queries that each see P extra keys
+        per side; bool (True = attend), or additive (0 / -inf) in `dtype`. Also returns L and P."""
+        if (one_sided, dtype) not in self._window_masks:
+            mask, block, pad = self._build_window_mask(one_sided) if dtype is None else self.window_mask(one_sided)
+            if dtype is not None:
+                mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+            self._window_masks[one_sided, dtype] = mask, block, pad
+        return self._window_masks[one_sided, dtype]
 
     def _build_window_mask(self, w: int) -> tuple[Tensor, int, int]:
-        batch, n = self.valid.shape
+        n = self.valid.shape[1]
         block, pad = (n, 0) if n <= 3 * w else (w, w)  # one dense block for short inputs
         n_pad = math.ceil(n / block) * block
         key_ok = F.pad(self.key_local, (pad, pad + n_pad - n), value=False).unfold(1, block + 2 * pad, block)
@@ -68,9 +75,7 @@ class AttentionMasks:
         # The diagonal is always allowed: padding rows then stay finite; their outputs are never used
         # (and a global query's window row is overwritten by its global output).
         local = ((rel.abs() <= w) & key_ok[:, :, None, :]) | (rel == 0)  # (B, blocks, L, L + 2P)
-        glob = self.global_present[:, None, None, :].expand(batch, local.shape[1], block, self.num_global)
-        mask = torch.cat([glob, local], dim=-1).flatten(0, 1).unsqueeze(1)
-        return mask, block, pad
+        return local.flatten(0, 1).unsqueeze(1), block, pad
 
     def gather(self, x: Tensor) -> Tensor:
         """x (B, n, ...) -> the rows of the global slots, (B, G, ...)."""
@@ -84,18 +89,35 @@ class AttentionMasks:
         return x.scatter(1, self.global_index[..., None].expand_as(rows), rows)
 
 
-def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, masks: AttentionMasks, one_sided: int,
-                             dropout_p: float = 0.0) -> Tensor:
-    """q, k, v (B, n, H, d) -> (B, n, H, d): every token over its window and the global keys."""
-    batch, n, heads, head_dim = q.shape
-    mask, block, pad = masks.window_mask(one_sided)
+def sliding_window_attention(qkv: Tensor, masks: AttentionMasks, one_sided: int, dropout_p: float = 0.0) -> Tensor:
+    """qkv (B, n, 3, H, d) -> (B, n, H, d): every token over its window and the global keys.
+
+    On the CPU without attention dropout: `BandedAttention` (no copies of the windows, less saved for
+    backward). Elsewhere (GPU, dropout): one `scaled_dot_product_attention` call over copied windows.
+    """
+    if use_banded_kernel(qkv, dropout_p):
+        mask, block, pad = masks.window_mask(one_sided, qkv.dtype)
+        return BandedAttention.apply(qkv, mask, block, pad, masks.global_index, masks.global_present)
+    return sdpa_window_attention(qkv, masks, one_sided, dropout_p)
+
+
+def use_banded_kernel(qkv: Tensor, dropout_p: float) -> bool:
+    """PyTorch's CPU flash-attention kernels have no dropout (and do not run on GPUs)."""
+    return qkv.device.type == "cpu" and dropout_p == 0.0
+
+
+def sdpa_window_attention(qkv: Tensor, masks: AttentionMasks, one_sided: int, dropout_p: float = 0.0) -> Tensor:
+    """The portable version: each block's window and the global keys copied side by side, one SDPA call."""
+    batch, n, _, heads, head_dim = qkv.shape
+    q, k, v = qkv.unbind(2)
+    local, block, pad = masks.window_mask(one_sided)
     n_pad = math.ceil(n / block) * block
     blocks = n_pad // block
+    glob = masks.global_present[:, None, None, None, :].expand(-1, blocks, -1, block, -1).flatten(0, 1)
+    mask = torch.cat([glob, local], dim=-1)  # (B * blocks, 1, L, G + L + 2P)
 
     # Queries: (B, n_pad, H, d) -> (B * blocks, H, L, d).
-    if n_pad > n:
-        q = F.pad(q, (0, 0, 0, 0, 0, n_pad - n))
-    q = q.view(batch, blocks, block, heads, head_dim)
+    q = F.pad(q, (0, 0, 0, 0, 0, n_pad - n)).view(batch, blocks, block, heads, head_dim)
     q = q.permute(0, 1, 3, 2, 4).flatten(0, 1)
 
     def keys_per_block(t: Tensor) -> Tensor:  # (B, n, H, d) -> (B * blocks, H, G + L + 2P, d)
@@ -108,6 +130,114 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, masks: AttentionMa
                                          dropout_p=dropout_p)
     out = out.view(batch, blocks, heads, block, head_dim).permute(0, 1, 3, 2, 4).reshape(batch, n_pad, heads, head_dim)
     return out[:, :n]
+
+
+class BandedAttention(torch.autograd.Function):
+    """Window + global-key attention on PyTorch's CPU flash-attention kernels, saving little for backward.
+
+    Tokens are laid out as rows: the batch's sequences (each padded to a multiple of the block L) end to end,
+    with P zero rows before and after, so block t's L + 2P keys are rows [t L, t L + L + 2P): an
+    overlapping strided *view*, not a copy (the mask hides rows of other sequences). The G global keys,
+    which every query also sees, are a small dense attention, merged in through the log-sum-exps. In
+    backward, the flash kernel given the merged output and log-sum-exp yields exactly the window part of
+    the gradients (the softmax is over the union); the global part is done densely.
+    Saved: the padded q, k, v rows and the output; the windows are never materialised.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, mask: Tensor, block: int, pad: int, global_index: Tensor,
+                global_present: Tensor) -> Tensor:
+        batch, n, _, heads, head_dim = qkv.shape
+        n_pad = math.ceil(n / block) * block
+        rows = qkv.new_empty(pad + batch * n_pad + pad, 3, heads, head_dim)
+        rows[:pad] = 0
+        rows[rows.shape[0] - pad:] = 0
+        tokens = _token_rows(rows, pad, batch)  # (B, n_pad, 3, H, d)
+        tokens[:, :n] = qkv
+        tokens[:, n:] = 0
+        scale = head_dim ** -0.5
+        q, k, v = _blocked(rows, block, pad)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, attn_mask=mask, scale=scale)  # (T, H, L, d), (T, H, L)
+        if global_index.shape[1]:
+            k_glob, v_glob = _global_keys(tokens, global_index, block)  # (T, H, G, d)
+            scores = _global_scores(q, k_glob, global_present, scale)  # (T, H, L, G)
+            merged = torch.logaddexp(lse, scores.logsumexp(-1))
+            out.mul_((lse - merged).exp().unsqueeze(-1))
+            out += (scores - merged.unsqueeze(-1)).exp() @ v_glob
+            lse = merged
+        ctx.save_for_backward(rows, mask, out, lse, global_index, global_present)
+        ctx.block, ctx.pad, ctx.scale = block, pad, scale
+        return out.transpose(1, 2).reshape(batch, n_pad, heads, head_dim)[:, :n]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        rows, mask, out, lse, global_index, global_present = ctx.saved_tensors
+        block, pad, scale = ctx.block, ctx.pad, ctx.scale
+        batch, n = grad_out.shape[:2]
+        tokens = _token_rows(rows, pad, batch)
+        n_pad = tokens.shape[1]
+        grad = F.pad(grad_out, (0, 0, 0, 0, 0, n_pad - n))  # (B, n_pad, H, d)
+        grad = grad.reshape(-1, block, *grad.shape[2:]).transpose(1, 2)  # (T, H, L, d)
+        q, k, v = _blocked(rows, block, pad)
+        grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
+        grad_rows = torch.empty_like(rows)
+        grad_tokens = _token_rows(grad_rows, pad, batch)
+        _set_windows_grad(grad_rows[:, 1], grad_k, block)
+        _set_windows_grad(grad_rows[:, 2], grad_v, block)
+        if global_index.shape[1]:
+            k_glob, v_glob = _global_keys(tokens, global_index, block)
+            probs = (_global_scores(q, k_glob, global_present, scale) - lse.unsqueeze(-1)).exp()  # (T, H, L, G)
+            delta = (grad * out).sum(-1, keepdim=True)  # softmax backward's row term, (T, H, L, 1)
+            grad_scores = probs * (grad @ v_glob.transpose(-1, -2) - delta) * scale
+            grad_q += grad_scores @ k_glob
+            index = global_index[:, :, None, None].expand(-1, -1, *grad_tokens.shape[3:])  # (B, G, H, d)
+            for column, grad_glob in ((1, grad_scores.transpose(-1, -2) @ q), (2, probs.transpose(-1, -2) @ grad)):
+                per_batch = grad_glob.view(batch, -1, *grad_glob.shape[1:]).sum(1).transpose(1, 2)  # (B, G, H, d)
+                grad_tokens[:, :, column].scatter_add_(1, index, per_batch)
+        grad_tokens[:, :, 0] = grad_q.transpose(1, 2).reshape(grad_tokens[:, :, 0].shape)
+        return grad_tokens[:, :n], None, None, None, None, None
+
+
+def _token_rows(rows: Tensor, pad: int, batch: int) -> Tensor:
+    """Rows (P + B n_pad + P, 3, H, d) -> the tokens' rows as (B, n_pad, 3, H, d), a view."""
+    return rows[pad:rows.shape[0] - pad].view(batch, -1, *rows.shape[1:])
+
+
+def _blocked(rows: Tensor, block: int, pad: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows (P + N + P, 3, H, d) -> views q (T, H, L, d) and overlapping windows k, v (T, H, L + 2P, d)."""
+    q = rows[pad:rows.shape[0] - pad, 0]
+    q = q.view(-1, block, *q.shape[1:]).transpose(1, 2)
+    k, v = (rows[:, i].unfold(0, block + 2 * pad, block).permute(0, 1, 3, 2) for i in (1, 2))
+    return q, k, v
+
+
+def _set_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int) -> None:
+    """The backward of the overlapping windows: grad_rows (R, H, d) = the sum of grad_windows (T, H, L + 2P, d)."""
+    target = grad_rows.view(-1, block, *grad_rows.shape[1:])  # (R / L, L, H, d)
+    chunks = grad_windows.transpose(1, 2).split(block, dim=1)  # chunk c of block t goes to row block t + c
+    blocks = grad_windows.shape[0]
+    target[:blocks] = chunks[0]
+    target[blocks:] = 0
+    for c, chunk in enumerate(chunks[1:], start=1):
+        target[c:c + blocks] += chunk
+
+
+def _global_keys(tokens: Tensor, global_index: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """Tokens (B, n_pad, 3, H, d) -> keys and values of the global slots for every block, (T, H, G, d) each."""
+    batch, n_pad = tokens.shape[:2]
+    index = global_index[:, :, None, None, None].expand(-1, -1, 2, *tokens.shape[3:])
+    kv = tokens[:, :, 1:].gather(1, index).permute(2, 0, 3, 1, 4)  # (2, B, H, G, d)
+    kv = kv[:, :, None].expand(-1, -1, n_pad // block, -1, -1, -1).flatten(1, 2)  # (2, T, H, G, d)
+    return kv[0], kv[1]
+
+
+def _global_scores(q: Tensor, k_glob: Tensor, global_present: Tensor, scale: float) -> Tensor:
+    """Scaled scores (T, H, L, G) of the blocks' queries against the global keys; -inf for empty slots."""
+    scores = (q @ k_glob.transpose(-1, -2)) * scale
+    present = global_present[:, None, None, None, :].expand(-1, q.shape[0] // global_present.shape[0], -1, -1, -1)
+    return scores.masked_fill(~present.flatten(0, 1), float("-inf"))
 
 
 def global_attention(x: Tensor, masks: AttentionMasks, query: nn.Linear, key: nn.Linear, value: nn.Linear,
@@ -144,8 +274,8 @@ class LongformerSelfAttention(nn.Module):
     def forward(self, x: Tensor, masks: AttentionMasks) -> Tensor:
         batch, n, dim = x.shape
         dropout_p = self.dropout if self.training else 0.0
-        q, k, v = self.qkv(x).view(batch, n, 3, self.num_heads, dim // self.num_heads).unbind(2)
-        out = sliding_window_attention(q, k, v, masks, self.one_sided, dropout_p).reshape(batch, n, dim)
+        qkv = self.qkv(x).view(batch, n, 3, self.num_heads, dim // self.num_heads)
+        out = sliding_window_attention(qkv, masks, self.one_sided, dropout_p).reshape(batch, n, dim)
         if masks.num_global:
             out = masks.put_global(out, self.global_rows(x, masks))
         return out

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LongformerModel as HFModel
 
-from longformer import LongformerModel
+from longformer import LongformerModel, attention
 from longformer.convert import rename_hf_state_dict
 
 # The windows of the small model are [8, 4, 16]: one-sided 4, 2 and 8 tokens.
@@ -35,6 +35,14 @@ def models(hf_checkpoint):
     return HFModel.from_pretrained(hf_checkpoint, add_pooling_layer=False), LongformerModel.from_hf(hf_checkpoint)
 
 
+@pytest.fixture(params=["banded", "sdpa"])
+def kernel(request, monkeypatch):
+    """Both attention paths: the CPU flash kernels (BandedAttention) and the portable SDPA one (GPU, dropout)."""
+    if request.param == "sdpa":
+        monkeypatch.setattr(attention, "use_banded_kernel", lambda qkv, dropout_p: False)
+    return request.param
+
+
 def run_both(models, n, globals_, train):
     hf, ours = models
     hf.train(train)
@@ -46,7 +54,7 @@ def run_both(models, n, globals_, train):
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train-dropout0"])
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", LENGTHS)
-def test_forward_matches_transformers(models, n, globals_, train):
+def test_forward_matches_transformers(models, n, globals_, train, kernel):
     with torch.no_grad():
         expected, actual, mask = run_both(models, n, globals_, train)
     assert actual.shape == expected.shape == (3, n, 32)
@@ -77,7 +85,7 @@ def split_key_bias(grads: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
 
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", [9, 17, 61])
-def test_gradients_match_transformers(models, n, globals_):
+def test_gradients_match_transformers(models, n, globals_, kernel):
     hf, ours = models
     hf.zero_grad()
     ours.zero_grad()
