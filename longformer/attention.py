@@ -39,7 +39,7 @@ class AttentionMasks:
     key_local: Tensor  # (B, n) bool: reachable through the sliding window (valid and not global)
     global_index: Tensor  # (B, G) long: global positions first; spare slots hold distinct non-global positions
     global_present: Tensor  # (B, G) bool: the slot holds a real global token
-    _window_masks: dict[tuple, tuple[Tensor, int, int]] = field(default_factory=dict, repr=False)
+    _window_masks: dict[tuple[int, torch.dtype | None], tuple[Tensor, int, int]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, attention_mask: Tensor, global_attention_mask: Tensor) -> AttentionMasks:
@@ -58,12 +58,15 @@ class AttentionMasks:
     def window_mask(self, one_sided: int, dtype: torch.dtype | None = None) -> tuple[Tensor, int, int]:
         """Mask (B * blocks, 1, L, L + 2P) of the window keys, for blocks of L queries that each see P extra keys
         per side; bool (True = attend), or additive (0 / -inf) in `dtype`. Also returns L and P."""
-        if (one_sided, dtype) not in self._window_masks:
-            mask, block, pad = self._build_window_mask(one_sided) if dtype is None else self.window_mask(one_sided)
-            if dtype is not None:
-                mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
-            self._window_masks[one_sided, dtype] = mask, block, pad
-        return self._window_masks[one_sided, dtype]
+        key = (one_sided, dtype)
+        if key not in self._window_masks:
+            if dtype is None:
+                self._window_masks[key] = self._build_window_mask(one_sided)
+            else:
+                allowed, block, pad = self.window_mask(one_sided)
+                additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+                self._window_masks[key] = additive.masked_fill(~allowed, float("-inf")), block, pad
+        return self._window_masks[key]
 
     def _build_window_mask(self, w: int) -> tuple[Tensor, int, int]:
         n = self.valid.shape[1]
