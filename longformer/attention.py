@@ -39,7 +39,9 @@ class AttentionMasks:
     key_local: Tensor  # (B, n) bool: reachable through the sliding window (valid and not global)
     global_index: Tensor  # (B, G) long: global positions first; spare slots hold distinct non-global positions
     global_present: Tensor  # (B, G) bool: the slot holds a real global token
-    _window_masks: dict[tuple[int, torch.dtype | None], tuple[Tensor, int, int]] = field(default_factory=dict, repr=False)
+    # (one_sided, dtype) -> (mask, L, P), per forward
+    _window_masks: dict[tuple[int, torch.dtype | None], tuple[Tensor, int, int]] = field(default_factory=dict,
+                                                                                        repr=False)
 
     @classmethod
     def build(cls, attention_mask: Tensor, global_attention_mask: Tensor) -> AttentionMasks:
