@@ -9,6 +9,7 @@ from transformers import LongformerModel as HFModel
 from longformer import CheckpointMismatchError, HeadConfig, LongformerClassifier, LongformerConfig, LongformerModel
 from longformer.checkpoint import save_converted
 from longformer.convert import CheckpointError, convert_hf_checkpoint
+from longformer.model import ActivationLinear
 from tests.conftest import small_hf_config
 
 
@@ -27,6 +28,18 @@ def test_classifier_padded_batch_equals_one_by_one(hf_checkpoint):
         torch.testing.assert_close(model.loss(batched, labels, 0.1),
                                    torch.stack([model.loss(single[i:i + 1], labels[i:i + 1], 0.1)
                                                 for i in range(3)]).mean())
+
+
+@pytest.mark.parametrize("gelu", [True, False])
+def test_activation_linear_gradients_are_exact(gelu):
+    """The feed-forward's second half, which recomputes the activation in backward in one reused buffer."""
+    gen = torch.Generator().manual_seed(0)
+    h, weight, bias = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+                       for shape in ((2, 5, 6), (3, 6), (3,)))
+    assert torch.autograd.gradcheck(lambda *t: ActivationLinear.apply(*t, gelu), (h, weight, bias))
+    activation = torch.nn.functional.gelu if gelu else torch.nn.functional.relu
+    torch.testing.assert_close(ActivationLinear.apply(h, weight, bias, gelu),
+                               torch.nn.functional.linear(activation(h), weight, bias), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("bad, message", [
