@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call
+
 
 @dataclass
 class AttentionMasks:
@@ -185,12 +187,18 @@ class BandedAttention(torch.autograd.Function):
         grad = F.pad(grad_out, (0, 0, 0, 0, 0, n_pad - n))  # (B, n_pad, H, d)
         grad = grad.reshape(-1, block, *grad.shape[2:]).transpose(1, 2)  # (T, H, L, d)
         q, k, v = _blocked(rows, block, pad)
-        grad_q, grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
-        grad_rows = torch.empty_like(rows)
+        grad_rows = torch.zeros_like(rows)
         grad_tokens = _token_rows(grad_rows, pad, batch)
-        _set_windows_grad(grad_rows[:, 1], grad_k, block)
-        _set_windows_grad(grad_rows[:, 2], grad_v, block)
+        grad_q = torch.empty_like(out)
+        # A few blocks at a time: the kernel's window gradients stay small (no fresh, page-faulting buffers).
+        step = max(1, _BACKWARD_CHUNK_TOKENS // block)
+        for first in range(0, q.shape[0], step):
+            part = slice(first, first + step)
+            grad_q[part], grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad[part], q[part], k[part], v[part], out[part], lse[part], 0.0, False, attn_mask=mask[part],
+                scale=scale)
+            _add_windows_grad(grad_rows[:, 1], grad_k, block, first)
+            _add_windows_grad(grad_rows[:, 2], grad_v, block, first)
         if global_index.shape[1]:
             k_glob, v_glob = _global_keys(tokens, global_index, block)
             probs = (_global_scores(q, k_glob, global_present, scale) - lse.unsqueeze(-1)).exp()  # (T, H, L, G)
@@ -218,15 +226,13 @@ def _blocked(rows: Tensor, block: int, pad: int) -> tuple[Tensor, Tensor, Tensor
     return q, k, v
 
 
-def _set_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int) -> None:
-    """The backward of the overlapping windows: grad_rows (R, H, d) = the sum of grad_windows (T, H, L + 2P, d)."""
+def _add_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int, first: int) -> None:
+    """The backward of the overlapping windows: add grad_windows (t, H, L + 2P, d) of blocks first.. to grad_rows
+    (R, H, d), where window row j of block b is row b L + j."""
     target = grad_rows.view(-1, block, *grad_rows.shape[1:])  # (R / L, L, H, d)
-    chunks = grad_windows.transpose(1, 2).split(block, dim=1)  # chunk c of block t goes to row block t + c
     blocks = grad_windows.shape[0]
-    target[:blocks] = chunks[0]
-    target[blocks:] = 0
-    for c, chunk in enumerate(chunks[1:], start=1):
-        target[c:c + blocks] += chunk
+    for c, chunk in enumerate(grad_windows.transpose(1, 2).split(block, dim=1)):  # chunk c goes to block b + c
+        target[first + c:first + c + blocks] += chunk
 
 
 def _global_keys(tokens: Tensor, global_index: Tensor, block: int) -> tuple[Tensor, Tensor]:

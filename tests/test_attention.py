@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from longformer import attention
 from longformer.attention import AttentionMasks, BandedAttention, sdpa_window_attention
 
 
@@ -21,7 +22,9 @@ def masks_for(n: int, globals_: str) -> AttentionMasks:
 
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", [5, 6, 13])  # one dense block (n <= 3w), and blocked with a padded last block
-def test_banded_attention_gradients_are_exact(n, globals_):
+@pytest.mark.parametrize("chunk_tokens", [1, 1024])  # backward one block per kernel call, or all at once
+def test_banded_attention_gradients_are_exact(n, globals_, chunk_tokens, monkeypatch):
+    monkeypatch.setattr(attention, "_BACKWARD_CHUNK_TOKENS", chunk_tokens)
     one_sided = 2
     masks = masks_for(n, globals_)
     mask, block, pad = masks.window_mask(one_sided, torch.float64)
