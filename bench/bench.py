@@ -5,6 +5,9 @@
     python bench/bench.py --device cuda --dtype bf16 --checkpointing   # on a GPU
 
 Random weights (the shapes are what matter for speed). Ratios are what to read: this machine is noisy.
+Times are taken in this process, both models side by side; on the CPU, peak memory is measured in a fresh
+process (see cpu_peak_memory), and forward+backward at the longest length is timed once more with glibc
+keeping freed memory (see keep_freed_memory).
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ import argparse
 import ctypes
 import gc
 import json
+import multiprocessing
 import os
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import psutil
 import torch
 from transformers import LongformerConfig as HFConfig
 from transformers import LongformerForSequenceClassification as HFClassifier
@@ -34,19 +36,34 @@ IMDB = ROOT.parent / "shared" / "imdb"
 # ---------------------------------------------------------------------------------------------------------------
 # Measuring
 
+LIBC = ctypes.CDLL(None)  # the process's C library (glibc on Linux): mallopt, malloc_trim
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_MMAP_THRESHOLD = -1, -4, -3  # mallopt's parameters (malloc.h)
+
+
 def exact_cpu_memory() -> None:
     """Make process RSS track live tensors: every allocation >= 64 KiB gets its own mmap, unmapped on free.
 
     By default glibc raises its mmap threshold to 32 MiB after the first large free and then keeps freed
     memory in its heap, so RSS would measure the allocator's caching rather than what a model holds.
-    Slower (page faults), so timings are taken before this is switched on.
+    Slower (page faults): only for the memory measurements, which run in a process of their own.
     """
-    m_mmap_threshold = -3
-    ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, 64 * 1024)
+    LIBC.mallopt(M_MMAP_MAX, 65536)  # glibc's default, in case keep_freed_memory() switched mmap off
+    LIBC.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+
+
+def keep_freed_memory() -> None:
+    """Serve every allocation from glibc's heap and keep freed memory there, for reuse.
+
+    By default each allocation above 32 MiB (at 4096 tokens: a layer's q/k/v and feed-forward activations,
+    and their gradients) is a fresh mmap, and every one of its 4 KiB pages faults on first touch: seconds of
+    kernel time per training step. This switches that off for the whole process (both models).
+    """
+    LIBC.mallopt(M_MMAP_MAX, 0)
+    LIBC.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 class PeakMemory:
-    """Peak memory above the starting point: CUDA allocator stats, or sampled process RSS on the CPU."""
+    """Peak memory above the starting point: CUDA allocator stats, or the kernel's peak RSS (VmHWM) on the CPU."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -58,30 +75,22 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
             return self
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so RSS starts low
-        except OSError:
-            pass
-        self.process = psutil.Process()
-        self.start = self.peak = self.process.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
+        LIBC.malloc_trim(0)  # hand freed heap pages back: reusing them must show up as RSS
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux)
+        self.start = self._status_kib("VmRSS")
         return self
 
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.002)
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+        return int(line.split()[1])
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             self.bytes = torch.cuda.max_memory_allocated() - self.start
         else:
-            self.running = False
-            self.thread.join()
-            self.bytes = max(self.peak, self.process.memory_info().rss) - self.start
+            self.bytes = (self._status_kib("VmHWM") - self.start) * 1024
 
 
 def timed(fn, device: torch.device) -> tuple[float, int]:
@@ -132,6 +141,21 @@ def build_models(large: bool, device: torch.device, num_labels: int = 2):
     return hf_config, hf, ours.to(device)
 
 
+def setup_models(args: argparse.Namespace, device: torch.device) -> tuple[HFConfig, dict]:
+    """{"transformers": ..., "ours": ...} as the command line asks (shape, checkpointing, which models)."""
+    config, hf, ours = build_models(args.large, device)
+    models = {"transformers": hf, "ours": ours}
+    if args.skip_transformers:
+        del models["transformers"]
+    for model in models.values():
+        set_checkpointing(model, args.checkpointing)
+    return config, models
+
+
+def autocast_for(args: argparse.Namespace):
+    return torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) if args.dtype == "bf16" else nullcontext()
+
+
 def forward_fn(model, ids: torch.Tensor):
     glob = torch.zeros_like(ids)
     glob[:, 0] = 1
@@ -142,7 +166,7 @@ def forward_fn(model, ids: torch.Tensor):
 
 def set_checkpointing(model, on: bool) -> None:
     if isinstance(model, HFClassifier):
-        model.gradient_checkpointing_enable() if on else model.gradient_checkpointing_disable()
+        model.activation_checkpointing_enable() if on else model.activation_checkpointing_disable()
     else:
         model.encoder.gradient_checkpointing = on
 
@@ -158,19 +182,43 @@ def forward_and_backward(model, ids: torch.Tensor, device, autocast) -> tuple[fl
         run()  # warm-up
         fwd_s, fwd_mem = timed(run, device)
     model.train()
+    fb_s, fb_mem = timed(training_step_fn(model, ids, autocast), device)
+    model.zero_grad(set_to_none=True)
+    return fwd_s, fwd_mem, fb_s, fb_mem
+
+
+def training_step_fn(model, ids: torch.Tensor, autocast):
+    run = forward_fn(model, ids)
 
     def step() -> None:
         with autocast:
             out = run()
         out.float().sum().backward()
 
-    fb_s, fb_mem = timed(step, device)
-    model.zero_grad(set_to_none=True)
-    return fwd_s, fwd_mem, fb_s, fb_mem
+    return step
+
+
+def bench_without_page_faults(models: dict, config: HFConfig, n: int, device, autocast) -> list[dict]:
+    """Forward+backward at n tokens, the second of two steps, with keep_freed_memory() switched on (CPU)."""
+    keep_freed_memory()
+    ids = torch.randint(3, config.vocab_size, (1, n), device=device)
+    rows = []
+    for name, model in models.items():
+        model.train()
+        step = training_step_fn(model, ids, autocast)
+        step()  # warm-up: the heap grows to this model's peak
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()  # not timed(): its malloc_trim would hand the heap back
+        step()
+        seconds = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        rows.append(dict(model=name, tokens=n, forward_backward_s=seconds))
+        print(f"  {name:12s} {n:5d} tokens, freed memory kept: fwd+bwd {seconds:7.2f}s", flush=True)
+    return rows
 
 
 def bench_lengths(models: dict, config: HFConfig, lengths: list[int], device, autocast) -> list[dict]:
-    """Times first; on the CPU, peak memory in a second pass with exact_cpu_memory() switched on."""
+    """Time (and, on a GPU, peak memory) of forward and forward+backward at each length."""
     inputs = {n: torch.randint(3, config.vocab_size, (1, n), device=device) for n in lengths}
     rows = []
     for n in lengths:
@@ -180,14 +228,32 @@ def bench_lengths(models: dict, config: HFConfig, lengths: list[int], device, au
                              forward_peak_mb=fwd_mem / 2**20, forward_backward_peak_mb=fb_mem / 2**20,
                              forward_tokens_per_s=n / fwd_s))
             print(f"  {name:12s} {n:5d} tokens: forward {fwd_s:7.2f}s, fwd+bwd {fb_s:7.2f}s", flush=True)
-    if device.type == "cpu":
-        exact_cpu_memory()
-        for row in rows:
-            _, fwd_mem, _, fb_mem = forward_and_backward(models[row["model"]], inputs[row["tokens"]], device, autocast)
-            row.update(forward_peak_mb=fwd_mem / 2**20, forward_backward_peak_mb=fb_mem / 2**20)
-    for row in rows:
-        print(f"  {row['model']:12s} {row['tokens']:5d} tokens: forward peak {row['forward_peak_mb'] / 1024:5.2f} GiB, "
-              f"fwd+bwd peak {row['forward_backward_peak_mb'] / 1024:5.2f} GiB", flush=True)
+    return rows
+
+
+def cpu_peak_memory(args: argparse.Namespace) -> list[dict]:
+    """Peak memory at each length, in a fresh process with exact_cpu_memory() on from its start.
+
+    In a process that has already run with glibc's default settings, the heap keeps freed memory and
+    fragments, which adds a few hundred MB of noise to RSS.
+    """
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure_cpu_memory, (args,))
+
+
+def _measure_cpu_memory(args: argparse.Namespace) -> list[dict]:
+    exact_cpu_memory()
+    device = torch.device("cpu")
+    config, models = setup_models(args, device)
+    rows = []
+    for n in args.lengths:
+        for name, model in models.items():
+            ids = torch.randint(3, config.vocab_size, (1, n))
+            _, fwd_mem, _, fb_mem = forward_and_backward(model, ids, device, autocast_for(args))
+            rows.append(dict(model=name, tokens=n, forward_peak_mb=fwd_mem / 2**20,
+                             forward_backward_peak_mb=fb_mem / 2**20))
+            print(f"  {name:12s} {n:5d} tokens: forward peak {fwd_mem / 2**30:5.2f} GiB, "
+                  f"fwd+bwd peak {fb_mem / 2**30:5.2f} GiB", flush=True)
     return rows
 
 
@@ -237,7 +303,7 @@ def bench_imdb(models: dict, config: HFConfig, lengths: list[int], device, autoc
     return rows
 
 
-def summarize(rows: list[dict], imdb: list[dict]) -> dict:
+def summarize(rows: list[dict], imdb: list[dict], no_faults: list[dict]) -> dict:
     by = {(r["model"], r["tokens"]): r for r in rows}
     lengths = sorted({r["tokens"] for r in rows})
     ratios = {}
@@ -251,6 +317,10 @@ def summarize(rows: list[dict], imdb: list[dict]) -> dict:
         out["ours_forward_time_4096_over_2048"] = by[("ours", 4096)]["forward_s"] / by[("ours", 2048)]["forward_s"]
         out["ours_forward_backward_time_4096_over_2048"] = (by[("ours", 4096)]["forward_backward_s"]
                                                              / by[("ours", 2048)]["forward_backward_s"])
+    if no_faults:
+        seconds = {r["model"]: r["forward_backward_s"] for r in no_faults}
+        out["forward_backward_speedup_freed_memory_kept"] = {
+            no_faults[0]["tokens"]: seconds["transformers"] / seconds["ours"]}
     if imdb:
         imdb_by = {r["model"]: r for r in imdb}
         out["imdb_reviews_per_s_speedup"] = imdb_by["ours"]["reviews_per_s"] / imdb_by["transformers"]["reviews_per_s"]
@@ -270,6 +340,8 @@ def markdown_table(rows: list[dict], summary: dict, rate: float) -> str:
     for n, r in summary["ratios"].items():
         lines.append(f"| {n} | {r['forward_speedup']:.2f}x | {r['forward_backward_speedup']:.2f}x | "
                      f"{r['forward_backward_memory_ratio']:.2f} |")
+    for n, speedup in summary.get("forward_backward_speedup_freed_memory_kept", {}).items():
+        lines += ["", f"fwd+bwd speed-up at {n} tokens with glibc keeping freed memory (no page faults): {speedup:.2f}x"]
     return "\n".join(lines)
 
 
@@ -287,31 +359,33 @@ def main() -> None:
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    autocast = torch.autocast(device.type, dtype=dtype) if args.dtype == "bf16" else nullcontext()
+    autocast = autocast_for(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {args.dtype}", flush=True)
     rate = matmul_rate(device, dtype)
     print(f"matmul rate: {rate / 1e9:.0f} GFLOP/s", flush=True)
-    config, hf, ours = build_models(args.large, device)
-    models = {"transformers": hf, "ours": ours}
-    if args.skip_transformers:
-        del models["transformers"]
-    for model in models.values():
-        set_checkpointing(model, args.checkpointing)
+    config, models = setup_models(args, device)
 
-    imdb = []  # first: the memory pass of bench_lengths slows the allocator down
+    imdb = []
     if args.imdb_reviews and IMDB.is_dir():
         lengths = imdb_token_lengths(args.imdb_reviews)
         print(f"IMDb sample: {len(lengths)} reviews, {sum(lengths)} tokens, longest {max(lengths)}", flush=True)
         imdb = bench_imdb(models, config, lengths, device, autocast)
     rows = bench_lengths(models, config, args.lengths, device, autocast)
+    no_faults = []
+    if device.type == "cpu":
+        no_faults = bench_without_page_faults(models, config, max(args.lengths), device, autocast)
+        print("peak memory, in a fresh process:", flush=True)
+        memory = {(r["model"], r["tokens"]): r for r in cpu_peak_memory(args)}
+        for row in rows:
+            row.update(memory[row["model"], row["tokens"]])
     rate = max(rate, matmul_rate(device, dtype))  # measured again after the runs: a best case, this box is noisy
     print(f"matmul rate, best of before and after: {rate / 1e9:.0f} GFLOP/s", flush=True)
     for row in rows:
         row["forward_matmul_fraction"] = model_flops(config, row["tokens"]) / row["forward_s"] / rate
-    summary = summarize(rows, imdb) if "transformers" in models else {"ratios": {}}
+    summary = summarize(rows, imdb, no_faults) if "transformers" in models else {"ratios": {}}
     result = dict(setup=dict(vars(args), out=str(args.out), torch=torch.__version__, threads=torch.get_num_threads(),
                              cpu=os.cpu_count(), matmul_gflops=rate / 1e9, shape="large" if args.large else "base"),
-                  lengths=rows, imdb=imdb, summary=summary)
+                  lengths=rows, freed_memory_kept=no_faults, imdb=imdb, summary=summary)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print()
