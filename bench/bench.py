@@ -47,7 +47,6 @@ def exact_cpu_memory() -> None:
     memory in its heap, so RSS would measure the allocator's caching rather than what a model holds.
     Slower (page faults): only for the memory measurements, which run in a process of their own.
     """
-    LIBC.mallopt(M_MMAP_MAX, 65536)  # glibc's default, in case keep_freed_memory() switched mmap off
     LIBC.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
 
 
