@@ -244,11 +244,12 @@ def _measure_cpu_memory(args: argparse.Namespace) -> list[dict]:
     exact_cpu_memory()
     device = torch.device("cpu")
     config, models = setup_models(args, device)
+    autocast = autocast_for(args)
     rows = []
     for n in args.lengths:
         for name, model in models.items():
             ids = torch.randint(3, config.vocab_size, (1, n))
-            _, fwd_mem, _, fb_mem = forward_and_backward(model, ids, device, autocast_for(args))
+            _, fwd_mem, _, fb_mem = forward_and_backward(model, ids, device, autocast)
             rows.append(dict(model=name, tokens=n, forward_peak_mb=fwd_mem / 2**20,
                              forward_backward_peak_mb=fb_mem / 2**20))
             print(f"  {name:12s} {n:5d} tokens: forward peak {fwd_mem / 2**30:5.2f} GiB, "

@@ -58,8 +58,9 @@ class ActivationLinear(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         grad_y = grad_y.reshape(-1, grad_y.shape[-1])  # (N, D)
         buffer = F.gelu(h) if ctx.gelu else F.relu(h)  # activation(h), (..., inner)
-        grad_weight = grad_y.T @ buffer.view(grad_y.shape[0], -1)
-        torch.mm(grad_y, weight, out=buffer.view(grad_y.shape[0], -1))  # now the activation's gradient
+        flat = buffer.view(grad_y.shape[0], -1)  # (N, inner), the same memory
+        grad_weight = grad_y.T @ flat
+        torch.mm(grad_y, weight, out=flat)  # now the activation's gradient
         if ctx.gelu:
             torch.ops.aten.gelu_backward.grad_input(buffer, h, grad_input=buffer)  # in place: now h's gradient
         else:
