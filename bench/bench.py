@@ -5,9 +5,9 @@
     python bench/bench.py --device cuda --dtype bf16 --checkpointing   # on a GPU
 
 Random weights (the shapes are what matter for speed). Ratios are what to read: this machine is noisy.
-Times are taken in this process, both models side by side; on the CPU, peak memory is measured in a fresh
-process (see cpu_peak_memory), and forward+backward at the longest length is timed once more with glibc
-keeping freed memory (see keep_freed_memory).
+Times are taken in this process, both models side by side, each the fastest of --repeats calls; on the
+CPU, peak memory is measured in a fresh process (see cpu_peak_memory), and forward+backward at the longest
+length is timed once more with glibc keeping freed memory (see keep_freed_memory).
 """
 
 from __future__ import annotations
@@ -92,15 +92,19 @@ class PeakMemory:
             self.bytes = (self._status_kib("VmHWM") - self.start) * 1024
 
 
-def timed(fn, device: torch.device) -> tuple[float, int]:
-    """Seconds and peak extra bytes of one call of fn."""
-    with PeakMemory(device) as memory:
+def timed(fn, device: torch.device, measure_memory: bool) -> tuple[float, int]:
+    """Seconds and, if asked, peak extra bytes (else 0) of one call of fn.
+
+    On the CPU, PeakMemory hands glibc's freed heap back first, which would add page faults to the time of
+    the call: there, times are taken without it, and memory in a process of its own (cpu_peak_memory).
+    """
+    with PeakMemory(device) if measure_memory else nullcontext() as memory:
         start = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    return seconds, memory.bytes
+    return seconds, memory.bytes if measure_memory else 0
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
@@ -109,7 +113,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
     b = torch.randn(768, 3072, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(10):
-        seconds, _ = timed(lambda: a @ b, device)
+        seconds, _ = timed(lambda: a @ b, device, measure_memory=False)
         best = min(best, seconds)
     return 2 * 4096 * 768 * 3072 / best
 
@@ -173,23 +177,32 @@ def set_checkpointing(model, on: bool) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Benchmarks
 
-def forward_and_backward(model, ids: torch.Tensor, device, autocast) -> tuple[float, int, float, int]:
+def best_of(repeats: int, fn, device: torch.device, measure_memory: bool) -> tuple[float, int]:
+    """The fastest of `repeats` calls of fn (this machine is noisy), and the largest peak."""
+    results = [timed(fn, device, measure_memory) for _ in range(repeats)]
+    return min(seconds for seconds, _ in results), max(peak for _, peak in results)
+
+
+def forward_and_backward(model, ids: torch.Tensor, device, autocast, measure_memory: bool,
+                         repeats: int = 1) -> tuple[float, int, float, int]:
     """(forward s, forward peak bytes, forward+backward s, forward+backward peak bytes) at one length."""
     run = forward_fn(model, ids)
     model.eval()
     with torch.no_grad(), autocast:
         run()  # warm-up
-        fwd_s, fwd_mem = timed(run, device)
+        fwd_s, fwd_mem = best_of(repeats, run, device, measure_memory)
     model.train()
-    fb_s, fb_mem = timed(training_step_fn(model, ids, autocast), device)
+    fb_s, fb_mem = best_of(repeats, training_step_fn(model, ids, autocast), device, measure_memory)
     model.zero_grad(set_to_none=True)
     return fwd_s, fwd_mem, fb_s, fb_mem
 
 
 def training_step_fn(model, ids: torch.Tensor, autocast):
+    """One forward+backward from no gradients, as after an optimizer's zero_grad."""
     run = forward_fn(model, ids)
 
     def step() -> None:
+        model.zero_grad(set_to_none=True)
         with autocast:
             out = run()
         out.float().sum().backward()
@@ -206,23 +219,23 @@ def bench_without_page_faults(models: dict, config: HFConfig, n: int, device, au
         model.train()
         step = training_step_fn(model, ids, autocast)
         step()  # warm-up: the heap grows to this model's peak
-        model.zero_grad(set_to_none=True)
-        start = time.perf_counter()  # not timed(): its malloc_trim would hand the heap back
-        step()
-        seconds = time.perf_counter() - start
+        seconds, _ = timed(step, device, measure_memory=False)
         model.zero_grad(set_to_none=True)
         rows.append(dict(model=name, tokens=n, forward_backward_s=seconds))
         print(f"  {name:12s} {n:5d} tokens, freed memory kept: fwd+bwd {seconds:7.2f}s", flush=True)
     return rows
 
 
-def bench_lengths(models: dict, config: HFConfig, lengths: list[int], device, autocast) -> list[dict]:
-    """Time (and, on a GPU, peak memory) of forward and forward+backward at each length."""
+def bench_lengths(models: dict, config: HFConfig, lengths: list[int], device, autocast,
+                  repeats: int) -> list[dict]:
+    """Time, the best of `repeats` calls (and, on a GPU, peak memory), of forward and forward+backward at each
+    length."""
     inputs = {n: torch.randint(3, config.vocab_size, (1, n), device=device) for n in lengths}
     rows = []
     for n in lengths:
         for name, model in models.items():
-            fwd_s, fwd_mem, fb_s, fb_mem = forward_and_backward(model, inputs[n], device, autocast)
+            fwd_s, fwd_mem, fb_s, fb_mem = forward_and_backward(model, inputs[n], device, autocast,
+                                                                device.type == "cuda", repeats)
             rows.append(dict(model=name, tokens=n, forward_s=fwd_s, forward_backward_s=fb_s,
                              forward_peak_mb=fwd_mem / 2**20, forward_backward_peak_mb=fb_mem / 2**20,
                              forward_tokens_per_s=n / fwd_s))
@@ -249,7 +262,7 @@ def _measure_cpu_memory(args: argparse.Namespace) -> list[dict]:
     for n in args.lengths:
         for name, model in models.items():
             ids = torch.randint(3, config.vocab_size, (1, n))
-            _, fwd_mem, _, fb_mem = forward_and_backward(model, ids, device, autocast)
+            _, fwd_mem, _, fb_mem = forward_and_backward(model, ids, device, autocast, measure_memory=True)
             rows.append(dict(model=name, tokens=n, forward_peak_mb=fwd_mem / 2**20,
                              forward_backward_peak_mb=fb_mem / 2**20))
             print(f"  {name:12s} {n:5d} tokens: forward peak {fwd_mem / 2**30:5.2f} GiB, "
@@ -294,9 +307,9 @@ def bench_imdb(models: dict, config: HFConfig, lengths: list[int], device, autoc
                 optimizer.zero_grad(set_to_none=True)
 
         train_steps(batches[:1])  # warm-up (and AdamW state)
-        seconds, peak = timed(lambda: train_steps(batches), device)
+        seconds, peak = timed(lambda: train_steps(batches), device, measure_memory=device.type == "cuda")
         rows.append(dict(model=name, reviews=len(lengths), tokens=sum(lengths), seconds=seconds,
-                         reviews_per_s=len(lengths) / seconds, peak_mb=peak / 2**20))
+                         reviews_per_s=len(lengths) / seconds, peak_mb=peak / 2**20 if peak else None))
         print(f"  {name:12s} {len(lengths)} IMDb reviews: {seconds:.1f}s, {len(lengths) / seconds:.2f} reviews/s",
               flush=True)
         del optimizer
@@ -352,6 +365,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in both models")
+    parser.add_argument("--repeats", type=int, default=2, help="time each call this many times, keep the fastest")
     parser.add_argument("--imdb-reviews", type=int, default=16, help="real reviews for the training-step figure")
     parser.add_argument("--skip-transformers", action="store_true", help="only ours (e.g. where it runs out of memory)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench.json")
@@ -370,7 +384,7 @@ def main() -> None:
         lengths = imdb_token_lengths(args.imdb_reviews)
         print(f"IMDb sample: {len(lengths)} reviews, {sum(lengths)} tokens, longest {max(lengths)}", flush=True)
         imdb = bench_imdb(models, config, lengths, device, autocast)
-    rows = bench_lengths(models, config, args.lengths, device, autocast)
+    rows = bench_lengths(models, config, args.lengths, device, autocast, args.repeats)
     no_faults = []
     if device.type == "cpu":
         no_faults = bench_without_page_faults(models, config, max(args.lengths), device, autocast)

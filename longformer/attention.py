@@ -11,10 +11,11 @@ How it computes it:
     `3w` keys around it. Short sequences (n <= 3w) are one dense block with a band mask. Only 1.5x the
     needed scores are computed (transformers: ~2x, with several full copies of the score tensor), and
     padding goes to a multiple of w, not of the window.
-  * on the CPU (no attention dropout), `BandedAttention` runs PyTorch's flash-attention kernels on
-    overlapping strided views of the keys and values, so the windows are never copied, and merges in the
-    global keys through log-sum-exps; it saves only q, k, v and the output for backward. Elsewhere (GPU,
-    attention dropout) one `scaled_dot_product_attention` call runs over copied windows plus global keys.
+  * on the CPU (fp32, no attention dropout), `BandedAttention` writes the fused q/k/v projection straight
+    into a padded row layout, runs PyTorch's flash-attention kernels on overlapping strided views of its
+    keys and values, so the windows are never copied, and merges in the global keys through log-sum-exps;
+    it saves only the input, q, k, v and the output for backward. Elsewhere (GPU, autocast, attention
+    dropout) one `scaled_dot_product_attention` call runs over copied windows plus global keys.
   * global part: with G global tokens the `key_global`/`value_global` projections of all n tokens are
     folded into the G queries (q . (W x + b) = (W^T q) . x + q . b), which costs G*heads/hidden of the
     projections (1/64 for the base model with only <s> global).
@@ -96,21 +97,26 @@ class AttentionMasks:
         return x.scatter(1, self.global_index[..., None].expand_as(rows), rows)
 
 
-def sliding_window_attention(qkv: Tensor, masks: AttentionMasks, one_sided: int, dropout_p: float = 0.0) -> Tensor:
-    """qkv (B, n, 3, H, d) -> (B, n, H, d): every token over its window and the global keys.
+def sliding_window_attention(x: Tensor, qkv: nn.Linear, masks: AttentionMasks, num_heads: int, one_sided: int,
+                             dropout_p: float = 0.0) -> Tensor:
+    """x (B, n, D) -> (B, n, H, d): the fused q/k/v projection, then every token over its window and the global keys.
 
-    On the CPU without attention dropout: `BandedAttention` (no copies of the windows, less saved for
-    backward). Elsewhere (GPU, dropout): one `scaled_dot_product_attention` call over copied windows.
+    On the CPU (fp32, no attention dropout): `BandedAttention` (no copies of q/k/v or of the windows, less
+    saved for backward). Elsewhere (GPU, autocast, dropout): one `scaled_dot_product_attention` call over
+    copied windows.
     """
-    if use_banded_kernel(qkv, dropout_p):
-        mask, block, pad = masks.window_mask(one_sided, qkv.dtype)
-        return BandedAttention.apply(qkv, mask, block, pad, masks.global_index, masks.global_present)
-    return sdpa_window_attention(qkv, masks, one_sided, dropout_p)
+    if use_banded_kernel(x, dropout_p):
+        mask, block, pad = masks.window_mask(one_sided, x.dtype)
+        return BandedAttention.apply(x, qkv.weight, qkv.bias, num_heads, mask, block, pad, masks.global_index,
+                                     masks.global_present)
+    batch, n, dim = x.shape
+    return sdpa_window_attention(qkv(x).view(batch, n, 3, num_heads, dim // num_heads), masks, one_sided, dropout_p)
 
 
-def use_banded_kernel(qkv: Tensor, dropout_p: float) -> bool:
-    """PyTorch's CPU flash-attention kernels have no dropout (and do not run on GPUs)."""
-    return qkv.device.type == "cpu" and dropout_p == 0.0
+def use_banded_kernel(x: Tensor, dropout_p: float) -> bool:
+    """PyTorch's CPU flash-attention kernels have no dropout (and do not run on GPUs); under autocast the
+    projection's dtype is autocast's choice, which the portable path leaves to nn.Linear."""
+    return x.device.type == "cpu" and dropout_p == 0.0 and not torch.is_autocast_enabled("cpu")
 
 
 def sdpa_window_attention(qkv: Tensor, masks: AttentionMasks, one_sided: int, dropout_p: float = 0.0) -> Tensor:
@@ -140,27 +146,30 @@ def sdpa_window_attention(qkv: Tensor, masks: AttentionMasks, one_sided: int, dr
 
 
 class BandedAttention(torch.autograd.Function):
-    """Window + global-key attention on PyTorch's CPU flash-attention kernels, saving little for backward.
+    """The q/k/v projection, then window + global-key attention on PyTorch's CPU flash-attention kernels.
 
     Tokens are laid out as rows: the batch's sequences (each padded to a multiple of the block L) end to end,
     with P zero rows before and after, so block t's L + 2P keys are rows [t L, t L + L + 2P): an
-    overlapping strided *view*, not a copy (the mask hides rows of other sequences). The G global keys,
+    overlapping strided *view*, not a copy (the mask hides rows of other sequences). The projection writes
+    q, k and v straight into these rows, so no separate qkv tensor is made and copied. The G global keys,
     which every query also sees, are a small dense attention, merged in through the log-sum-exps. In
     backward, the flash kernel given the merged output and log-sum-exp yields exactly the window part of
     the gradients (the softmax is over the union); the global part is done densely.
-    Saved: the padded q, k, v rows and the output; the windows are never materialised.
+    Saved: the input x, the padded q, k, v rows and the output; the windows are never materialised.
     """
 
     @staticmethod
-    def forward(ctx, qkv: Tensor, mask: Tensor, block: int, pad: int, global_index: Tensor,
-                global_present: Tensor) -> Tensor:
-        batch, n, _, heads, head_dim = qkv.shape
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, heads: int, mask: Tensor, block: int, pad: int,
+                global_index: Tensor, global_present: Tensor) -> Tensor:
+        batch, n, dim = x.shape
+        head_dim = dim // heads
         n_pad = math.ceil(n / block) * block
-        rows = qkv.new_empty(pad + batch * n_pad + pad, 3, heads, head_dim)
+        rows = x.new_empty(pad + batch * n_pad + pad, 3, heads, head_dim)
         rows[:pad] = 0
         rows[rows.shape[0] - pad:] = 0
         tokens = _token_rows(rows, pad, batch)  # (B, n_pad, 3, H, d)
-        tokens[:, :n] = qkv
+        for i in range(batch):
+            torch.addmm(bias, x[i], weight.T, out=tokens[i, :n].view(n, 3 * dim))  # q, k, v of sequence i
         tokens[:, n:] = 0
         scale = head_dim ** -0.5
         q, k, v = _blocked(rows, block, pad)
@@ -173,13 +182,13 @@ class BandedAttention(torch.autograd.Function):
             out.mul_((lse - merged).exp().unsqueeze(-1))
             out += (scores - merged.unsqueeze(-1)).exp() @ v_glob
             lse = merged
-        ctx.save_for_backward(rows, mask, out, lse, global_index, global_present)
+        ctx.save_for_backward(x, weight, rows, mask, out, lse, global_index, global_present)
         ctx.block, ctx.pad, ctx.scale = block, pad, scale
         return out.transpose(1, 2).reshape(batch, n_pad, heads, head_dim)[:, :n]
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        rows, mask, out, lse, global_index, global_present = ctx.saved_tensors
+        x, weight, rows, mask, out, lse, global_index, global_present = ctx.saved_tensors
         block, pad, scale = ctx.block, ctx.pad, ctx.scale
         batch, n = grad_out.shape[:2]
         tokens = _token_rows(rows, pad, batch)
@@ -210,7 +219,9 @@ class BandedAttention(torch.autograd.Function):
                 per_batch = grad_glob.view(batch, -1, *grad_glob.shape[1:]).sum(1).transpose(1, 2)  # (B, G, H, d)
                 grad_tokens[:, :, column].scatter_add_(1, index, per_batch)
         grad_tokens[:, :, 0] = grad_q.transpose(1, 2).reshape(grad_tokens[:, :, 0].shape)
-        return grad_tokens[:, :n], None, None, None, None, None
+        grad_qkv = grad_tokens[:, :n].reshape(batch * n, -1)  # (B n, 3 D); a copy only if sequences were padded
+        grad_x = (grad_qkv @ weight).view(x.shape)
+        return grad_x, grad_qkv.T @ x.reshape(batch * n, -1), grad_qkv.sum(0), None, None, None, None, None, None
 
 
 def _token_rows(rows: Tensor, pad: int, batch: int) -> Tensor:
@@ -283,10 +294,8 @@ class LongformerSelfAttention(nn.Module):
         self.value_global = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x: Tensor, masks: AttentionMasks) -> Tensor:
-        batch, n, dim = x.shape
         dropout_p = self.dropout if self.training else 0.0
-        qkv = self.qkv(x).view(batch, n, 3, self.num_heads, dim // self.num_heads)
-        out = sliding_window_attention(qkv, masks, self.one_sided, dropout_p).reshape(batch, n, dim)
+        out = sliding_window_attention(x, self.qkv, masks, self.num_heads, self.one_sided, dropout_p).flatten(2)
         if masks.num_global:
             out = masks.put_global(out, self.global_rows(x, masks))
         return out

@@ -14,6 +14,7 @@ from longformer.attention import AttentionMasks, LongformerSelfAttention
 from longformer.config import LongformerConfig
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+_FEED_FORWARD_CHUNK_ROWS = 512  # tokens per step of activation(h) @ W^T in the forward
 
 
 class Embeddings(nn.Module):
@@ -43,15 +44,22 @@ class ActivationLinear(torch.autograd.Function):
     """y = activation(h) @ W^T + b that saves only h and recomputes activation(h) in backward.
 
     The activation output is as large as h (4x the hidden states); not keeping it cuts a layer's saved
-    activations by about a fifth, for one cheap elementwise recompute. Backward reuses one buffer of h's
-    size for activation(h), its gradient and h's gradient: fresh tensors this large cost page faults.
+    activations by about a fifth, for one cheap elementwise recompute. The forward goes a few hundred rows
+    at a time, so activation(h) is never whole: its chunk stays in cache and no fresh full-size tensor
+    (page faults) is made. Backward reuses one buffer of h's size for activation(h), its gradient and h's
+    gradient (chunking it would make the weight gradient a sum of small, slower products).
     """
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, gelu: bool) -> Tensor:
         ctx.save_for_backward(h, weight)
         ctx.gelu = gelu
-        return F.linear(F.gelu(h) if gelu else F.relu(h), weight, bias)
+        rows = h.reshape(-1, h.shape[-1])  # (N, inner)
+        y = rows.new_empty(rows.shape[0], weight.shape[0])  # (N, D)
+        for first in range(0, rows.shape[0], _FEED_FORWARD_CHUNK_ROWS):
+            part = slice(first, first + _FEED_FORWARD_CHUNK_ROWS)
+            torch.addmm(bias, F.gelu(rows[part]) if gelu else F.relu(rows[part]), weight.T, out=y[part])
+        return y.view(*h.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
@@ -93,10 +101,10 @@ class Layer(nn.Module):
     def _add_and_feed_forward(self, attended: Tensor, residual: Tensor) -> Tensor:
         x = self.attn_norm(residual + self.dropout(self.attn_out(attended)))
         h = self.ffn_in(x)
-        if torch.is_grad_enabled() and not torch.is_autocast_enabled(h.device.type):
-            y = ActivationLinear.apply(h, self.ffn_out.weight, self.ffn_out.bias, self.gelu)
-        else:  # inference or autocast: the plain modules
+        if torch.is_autocast_enabled(h.device.type):  # the plain modules: autocast picks their dtypes
             y = self.ffn_out(F.gelu(h) if self.gelu else F.relu(h))
+        else:
+            y = ActivationLinear.apply(h, self.ffn_out.weight, self.ffn_out.bias, self.gelu)
         return self.ffn_norm(x + self.dropout(y))
 
 

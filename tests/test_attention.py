@@ -1,4 +1,5 @@
-"""BandedAttention, our custom autograd Function, against finite differences and the portable SDPA path."""
+"""BandedAttention (q/k/v projection + attention, a custom autograd Function) against finite differences and
+the portable SDPA path."""
 
 import pytest
 import torch
@@ -28,11 +29,15 @@ def test_banded_attention_gradients_are_exact(n, globals_, chunk_tokens, monkeyp
     one_sided = 2
     masks = masks_for(n, globals_)
     mask, block, pad = masks.window_mask(one_sided, torch.float64)
-    qkv = torch.randn(2, n, 3, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(n),
-                      requires_grad=True)
+    heads, dim = 2, 8
+    gen = torch.Generator().manual_seed(n)
+    x, weight, bias = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+                       for shape in ((2, n, dim), (3 * dim, dim), (3 * dim,)))
 
-    def banded(t):
-        return BandedAttention.apply(t, mask, block, pad, masks.global_index, masks.global_present)
+    def banded(*inputs):
+        return BandedAttention.apply(*inputs, heads, mask, block, pad, masks.global_index, masks.global_present)
 
-    assert torch.autograd.gradcheck(banded, (qkv,))
-    torch.testing.assert_close(banded(qkv), sdpa_window_attention(qkv, masks, one_sided), rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(banded, (x, weight, bias))
+    qkv = torch.nn.functional.linear(x, weight, bias).view(2, n, 3, heads, dim // heads)
+    torch.testing.assert_close(banded(x, weight, bias), sdpa_window_attention(qkv, masks, one_sided), rtol=0,
+                               atol=1e-12)

@@ -7,6 +7,7 @@ import torch
 from transformers import LongformerModel as HFModel
 
 from longformer import CheckpointMismatchError, HeadConfig, LongformerClassifier, LongformerConfig, LongformerModel
+from longformer import model as model_module
 from longformer.checkpoint import save_converted
 from longformer.convert import CheckpointError, convert_hf_checkpoint
 from longformer.model import ActivationLinear
@@ -31,8 +32,10 @@ def test_classifier_padded_batch_equals_one_by_one(hf_checkpoint):
 
 
 @pytest.mark.parametrize("gelu", [True, False])
-def test_activation_linear_gradients_are_exact(gelu):
+@pytest.mark.parametrize("chunk_rows", [3, 512])  # the forward in several chunks (the last one short), or one
+def test_activation_linear_gradients_are_exact(gelu, chunk_rows, monkeypatch):
     """The feed-forward's second half, which recomputes the activation in backward in one reused buffer."""
+    monkeypatch.setattr(model_module, "_FEED_FORWARD_CHUNK_ROWS", chunk_rows)
     gen = torch.Generator().manual_seed(0)
     h, weight, bias = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
                        for shape in ((2, 5, 6), (3, 6), (3,)))
