@@ -234,8 +234,8 @@ def bench_lengths(models: dict, config: HFConfig, lengths: list[int], device, au
     rows = []
     for n in lengths:
         for name, model in models.items():
-            fwd_s, fwd_mem, fb_s, fb_mem = forward_and_backward(model, inputs[n], device, autocast,
-                                                                device.type == "cuda", repeats)
+            fwd_s, fwd_mem, fb_s, fb_mem = forward_and_backward(
+                model, inputs[n], device, autocast, measure_memory=device.type == "cuda", repeats=repeats)
             rows.append(dict(model=name, tokens=n, forward_s=fwd_s, forward_backward_s=fb_s,
                              forward_peak_mb=fwd_mem / 2**20, forward_backward_peak_mb=fb_mem / 2**20,
                              forward_tokens_per_s=n / fwd_s))
