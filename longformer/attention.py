@@ -175,16 +175,13 @@ class BandedAttention(torch.autograd.Function):
         q, k, v = _blocked(rows, block, pad)
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, attn_mask=mask, scale=scale)  # (T, H, L, d), (T, H, L)
+        out_tokens, lse_tokens = _tokens_first(out, lse, batch)  # (B, n_pad, H, d), (B, n_pad, H): views
         if global_index.shape[1]:
-            k_glob, v_glob = _global_keys(tokens, global_index, block)  # (T, H, G, d)
-            scores = _global_scores(q, k_glob, global_present, scale)  # (T, H, L, G)
-            merged = torch.logaddexp(lse, scores.logsumexp(-1))
-            out.mul_((lse - merged).exp().unsqueeze(-1))
-            out += (scores - merged.unsqueeze(-1)).exp() @ v_glob
-            lse = merged
+            for i in range(batch):
+                _merge_global_keys(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i], scale)
         ctx.save_for_backward(x, weight, rows, mask, out, lse, global_index, global_present)
         ctx.block, ctx.pad, ctx.scale = block, pad, scale
-        return out.transpose(1, 2).reshape(batch, n_pad, heads, head_dim)[:, :n]
+        return out_tokens[:, :n]
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -193,32 +190,26 @@ class BandedAttention(torch.autograd.Function):
         batch, n = grad_out.shape[:2]
         tokens = _token_rows(rows, pad, batch)
         n_pad = tokens.shape[1]
-        grad = F.pad(grad_out, (0, 0, 0, 0, 0, n_pad - n))  # (B, n_pad, H, d)
-        grad = grad.reshape(-1, block, *grad.shape[2:]).transpose(1, 2)  # (T, H, L, d)
+        grad = F.pad(grad_out, (0, 0, 0, 0, 0, n_pad - n)) if n_pad > n else grad_out.contiguous()  # (B, n_pad, H, d)
+        grad_blocks = grad.view(-1, block, *grad.shape[2:]).transpose(1, 2)  # (T, H, L, d), laid out as out is
         q, k, v = _blocked(rows, block, pad)
         grad_rows = torch.zeros_like(rows)
         grad_tokens = _token_rows(grad_rows, pad, batch)
-        grad_q = torch.empty_like(out)
+        grad_q = _blocked(grad_rows, block, pad)[0]
         # A few blocks at a time: the kernel's window gradients stay small (no fresh, page-faulting buffers).
         step = max(1, _BACKWARD_CHUNK_TOKENS // block)
         for first in range(0, q.shape[0], step):
             part = slice(first, first + step)
             grad_q[part], grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                grad[part], q[part], k[part], v[part], out[part], lse[part], 0.0, False, attn_mask=mask[part],
-                scale=scale)
+                grad_blocks[part], q[part], k[part], v[part], out[part], lse[part], 0.0, False,
+                attn_mask=mask[part], scale=scale)
             _add_windows_grad(grad_rows[:, 1], grad_k, block, first)
             _add_windows_grad(grad_rows[:, 2], grad_v, block, first)
+        out_tokens, lse_tokens = _tokens_first(out, lse, batch)
         if global_index.shape[1]:
-            k_glob, v_glob = _global_keys(tokens, global_index, block)
-            probs = (_global_scores(q, k_glob, global_present, scale) - lse.unsqueeze(-1)).exp()  # (T, H, L, G)
-            delta = (grad * out).sum(-1, keepdim=True)  # softmax backward's row term, (T, H, L, 1)
-            grad_scores = probs * (grad @ v_glob.transpose(-1, -2) - delta) * scale
-            grad_q += grad_scores @ k_glob
-            index = global_index[:, :, None, None].expand(-1, -1, *grad_tokens.shape[3:])  # (B, G, H, d)
-            for column, grad_glob in ((1, grad_scores.transpose(-1, -2) @ q), (2, probs.transpose(-1, -2) @ grad)):
-                per_batch = grad_glob.view(batch, -1, *grad_glob.shape[1:]).sum(1).transpose(1, 2)  # (B, G, H, d)
-                grad_tokens[:, :, column].scatter_add_(1, index, per_batch)
-        grad_tokens[:, :, 0] = grad_q.transpose(1, 2).reshape(grad_tokens[:, :, 0].shape)
+            for i in range(batch):
+                _global_keys_backward(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i],
+                                      grad[i], grad_tokens[i], scale)
         grad_qkv = grad_tokens[:, :n].reshape(batch * n, -1)  # (B n, 3 D); a copy only if sequences were padded
         grad_x = (grad_qkv @ weight).view(x.shape)
         return grad_x, grad_qkv.T @ x.reshape(batch * n, -1), grad_qkv.sum(0), None, None, None, None, None, None
@@ -237,6 +228,13 @@ def _blocked(rows: Tensor, block: int, pad: int) -> tuple[Tensor, Tensor, Tensor
     return q, k, v
 
 
+def _tokens_first(out: Tensor, lse: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """The flash kernel's out (T, H, L, d) and lse (T, H, L) as views (B, n_pad, H, d) and (B, n_pad, H): the kernel
+    lays them out token-major in memory (`view` would raise, not copy, if that ever changed)."""
+    heads, head_dim = out.shape[1], out.shape[3]
+    return out.transpose(1, 2).view(batch, -1, heads, head_dim), lse.transpose(1, 2).view(batch, -1, heads)
+
+
 def _add_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int, first: int) -> None:
     """The backward of the overlapping windows: add grad_windows (t, H, L + 2P, d) of blocks first.. to grad_rows
     (R, H, d), where window row j of block b is row b L + j."""
@@ -246,20 +244,46 @@ def _add_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int, first
         target[first + c:first + c + blocks] += chunk
 
 
-def _global_keys(tokens: Tensor, global_index: Tensor, block: int) -> tuple[Tensor, Tensor]:
-    """Tokens (B, n_pad, 3, H, d) -> keys and values of the global slots for every block, (T, H, G, d) each."""
-    batch, n_pad = tokens.shape[:2]
-    index = global_index[:, :, None, None, None].expand(-1, -1, 2, *tokens.shape[3:])
-    kv = tokens[:, :, 1:].gather(1, index).permute(2, 0, 3, 1, 4)  # (2, B, H, G, d)
-    kv = kv[:, :, None].expand(-1, -1, n_pad // block, -1, -1, -1).flatten(1, 2)  # (2, T, H, G, d)
-    return kv[0], kv[1]
+# The global keys' part, one sequence at a time, on heads-first *views* of the token-major rows: (H, n_pad, d) with
+# a row stride of 3 H d (or H d), which bmm takes as they are (4-d batched matmuls would copy them).
+
+def _merge_global_keys(tokens: Tensor, global_index: Tensor, present: Tensor, out: Tensor, lse: Tensor,
+                       scale: float) -> None:
+    """Fold the G global keys into one sequence's window attention, in place: out (n_pad, H, d) and lse (n_pad, H) of
+    the softmax over the window become those over the window and the global keys. tokens (n_pad, 3, H, d)."""
+    q, k_glob, v_glob = _query_and_global_keys(tokens, global_index)
+    scores = _global_scores(q, k_glob, present, scale)  # (H, n_pad, G)
+    lse, out = lse.T, out.transpose(0, 1)  # (H, n_pad), (H, n_pad, d)
+    merged = torch.logaddexp(lse, scores.logsumexp(-1))
+    out.mul_((lse - merged).exp().unsqueeze(-1))
+    out.baddbmm_((scores - merged.unsqueeze(-1)).exp(), v_glob)
+    lse.copy_(merged)
 
 
-def _global_scores(q: Tensor, k_glob: Tensor, global_present: Tensor, scale: float) -> Tensor:
-    """Scaled scores (T, H, L, G) of the blocks' queries against the global keys; -inf for empty slots."""
-    scores = (q @ k_glob.transpose(-1, -2)) * scale
-    present = global_present[:, None, None, None, :].expand(-1, q.shape[0] // global_present.shape[0], -1, -1, -1)
-    return scores.masked_fill(~present.flatten(0, 1), float("-inf"))
+def _global_keys_backward(tokens: Tensor, global_index: Tensor, present: Tensor, out: Tensor, lse: Tensor,
+                          grad: Tensor, grad_tokens: Tensor, scale: float) -> None:
+    """Add the global keys' part of one sequence's gradients to grad_tokens (n_pad, 3, H, d): q's through the global
+    scores, and the global keys' and values'. out, grad (n_pad, H, d) and lse (n_pad, H) are the merged ones."""
+    q, k_glob, v_glob = _query_and_global_keys(tokens, global_index)
+    probs = (_global_scores(q, k_glob, present, scale) - lse.T.unsqueeze(-1)).exp()  # (H, n_pad, G)
+    delta = (grad * out).sum(-1).T.unsqueeze(-1)  # softmax backward's row term, (H, n_pad, 1)
+    grad = grad.transpose(0, 1)  # (H, n_pad, d)
+    grad_scores = probs * (grad @ v_glob.transpose(-1, -2) - delta) * scale  # (H, n_pad, G)
+    grad_tokens[:, 0].transpose(0, 1).baddbmm_(grad_scores, k_glob)
+    index = global_index[:, None, None].expand(-1, *grad_tokens.shape[2:])  # (G, H, d)
+    grad_tokens[:, 1].scatter_add_(0, index, (grad_scores.transpose(-1, -2) @ q).transpose(0, 1))
+    grad_tokens[:, 2].scatter_add_(0, index, (probs.transpose(-1, -2) @ grad).transpose(0, 1))
+
+
+def _query_and_global_keys(tokens: Tensor, global_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One sequence's rows (n_pad, 3, H, d) -> q (H, n_pad, d) and the global slots' keys and values (H, G, d)."""
+    kv = tokens[global_index, 1:].transpose(0, 2)  # (H, 2, G, d)
+    return tokens[:, 0].transpose(0, 1), kv[:, 0], kv[:, 1]
+
+
+def _global_scores(q: Tensor, k_glob: Tensor, present: Tensor, scale: float) -> Tensor:
+    """Scaled scores (H, n_pad, G) of one sequence's queries against its global keys; -inf for empty slots."""
+    return ((q @ k_glob.transpose(-1, -2)) * scale).masked_fill(~present, float("-inf"))
 
 
 def global_attention(x: Tensor, masks: AttentionMasks, query: nn.Linear, key: nn.Linear, value: nn.Linear,

@@ -20,5 +20,6 @@ def test_bench_runs_and_writes_its_summary(tmp_path):
         assert row["forward_backward_peak_mb"] > 0  # at least the parameters' gradients
     ratios = report["summary"]["ratios"]["64"]
     assert ratios["forward_backward_speedup"] > 0 and 0 < ratios["forward_backward_memory_ratio"]
+    assert ratios["matmul_fraction_needed_for_3x"] > 0
     assert report["summary"]["forward_backward_speedup_freed_memory_kept"]["64"] > 0
     assert "| 64 | ours |" in result.stdout
