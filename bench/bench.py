@@ -4,10 +4,11 @@
     python bench/bench.py --large              # 24 layers, hidden 1024
     python bench/bench.py --device cuda --dtype bf16 --checkpointing   # on a GPU
 
-Random weights (the shapes are what matter for speed). Ratios are what to read: this machine is noisy.
-Times are taken in this process, both models side by side, each the fastest of --repeats calls; on the
-CPU, peak memory is measured in a fresh process (see cpu_peak_memory), and forward+backward at the longest
-length is timed once more with glibc keeping freed memory (see keep_freed_memory).
+Random weights (the shapes are what matter for speed), dropout off unless --dropout. Ratios are what to read:
+this machine is noisy. Times are taken in this process, both models side by side, each the fastest of
+--repeats calls; on the CPU, peak memory is measured in a fresh process (see cpu_peak_memory), and
+forward+backward at the longest length is timed once more with glibc keeping freed memory (see
+keep_freed_memory).
 """
 
 from __future__ import annotations
@@ -139,23 +140,24 @@ def model_flops(config: HFConfig, n: int) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 # Models
 
-def build_models(large: bool, device: torch.device, num_labels: int = 2):
-    """transformers' classifier and ours, with the same encoder weights."""
+def build_models(large: bool, device: torch.device, num_labels: int = 2, dropout: float = 0.0):
+    """transformers' classifier and ours, with the same encoder weights; `dropout` in attention and hidden layers."""
     shape = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096) if large \
         else dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
     hf_config = HFConfig(vocab_size=50265, attention_window=512, max_position_embeddings=4098, pad_token_id=1,
-                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=num_labels, **shape)
+                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=num_labels,
+                         **shape)
     torch.manual_seed(0)
     hf = HFClassifier(hf_config).to(device)
     ours = LongformerClassifier(LongformerConfig.from_hf_dict(hf_config.to_dict()),
-                                HeadConfig(dim=shape["hidden_size"], dropout=0.0, num_labels=num_labels))
+                                HeadConfig(dim=shape["hidden_size"], dropout=dropout, num_labels=num_labels))
     ours.encoder.load_state_dict(rename_hf_state_dict(hf.longformer.state_dict()))
     return hf_config, hf, ours.to(device)
 
 
 def setup_models(args: argparse.Namespace, device: torch.device) -> tuple[HFConfig, dict]:
-    """{"transformers": ..., "ours": ...} as the command line asks (shape, checkpointing, which models)."""
-    config, hf, ours = build_models(args.large, device)
+    """{"transformers": ..., "ours": ...} as the command line asks (shape, dropout, checkpointing, which models)."""
+    config, hf, ours = build_models(args.large, device, dropout=args.dropout)
     models = {"transformers": hf, "ours": ours}
     if args.skip_transformers:
         del models["transformers"]
@@ -377,6 +379,10 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="24 layers, hidden 1024 (longformer-large)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="attention and hidden dropout in training steps, both models (the checkpoints have 0.1; "
+                             "with attention dropout, ours runs its portable SDPA path, as the CPU flash kernels "
+                             "have no dropout)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in both models")
     parser.add_argument("--repeats", type=int, default=2, help="time each call this many times, keep the fastest")
     parser.add_argument("--imdb-reviews", type=int, default=16, help="real reviews for the training-step figure")

@@ -15,7 +15,8 @@ How it computes it:
     into a padded row layout, runs PyTorch's flash-attention kernels on overlapping strided views of its
     keys and values, so the windows are never copied, and merges in the global keys through log-sum-exps;
     it saves only the input, q, k, v and the output for backward. Elsewhere (GPU, autocast, attention
-    dropout) one `scaled_dot_product_attention` call runs over copied windows plus global keys.
+    dropout) one `scaled_dot_product_attention` call runs over copied windows plus global keys (checkpointed
+    on the CPU under dropout, where it would otherwise keep its full probabilities for backward).
   * global part: with G global tokens the `key_global`/`value_global` projections of all n tokens are
     folded into the G queries (q . (W x + b) = (W^T q) . x + q . b), which costs G*heads/hidden of the
     projections (1/64 for the base model with only <s> global).
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call
 
@@ -103,14 +105,20 @@ def sliding_window_attention(x: Tensor, qkv: nn.Linear, masks: AttentionMasks, n
 
     On the CPU (fp32, no attention dropout): `BandedAttention` (no copies of q/k/v or of the windows, less
     saved for backward). Elsewhere (GPU, autocast, dropout): one `scaled_dot_product_attention` call over
-    copied windows.
+    copied windows, recomputed in backward when it is the CPU's math kernel with dropout.
     """
     if use_banded_kernel(x, dropout_p):
         mask, block, pad = masks.window_mask(one_sided, x.dtype)
         return BandedAttention.apply(x, qkv.weight, qkv.bias, num_heads, mask, block, pad, masks.global_index,
                                      masks.global_present)
     batch, n, dim = x.shape
-    return sdpa_window_attention(qkv(x).view(batch, n, 3, num_heads, dim // num_heads), masks, one_sided, dropout_p)
+    rows = qkv(x).view(batch, n, 3, num_heads, dim // num_heads)
+    if dropout_p and x.device.type == "cpu" and torch.is_grad_enabled():
+        # On the CPU, SDPA with dropout is its math kernel, which keeps the (blocks, H, L, G + 3L) scores,
+        # probabilities and dropout mask for backward (~0.5 GB a layer at 4096 tokens): recompute them instead,
+        # with the same dropout mask (checkpoint restores the RNG state).
+        return checkpoint(sdpa_window_attention, rows, masks, one_sided, dropout_p, use_reentrant=False)
+    return sdpa_window_attention(rows, masks, one_sided, dropout_p)
 
 
 def use_banded_kernel(x: Tensor, dropout_p: float) -> bool:

@@ -41,3 +41,31 @@ def test_banded_attention_gradients_are_exact(n, globals_, chunk_tokens, monkeyp
     qkv = torch.nn.functional.linear(x, weight, bias).view(2, n, 3, heads, dim // heads)
     torch.testing.assert_close(banded(x, weight, bias), sdpa_window_attention(qkv, masks, one_sided), rtol=0,
                                atol=1e-12)
+
+
+def test_cpu_attention_dropout_is_recomputed_with_the_same_mask():
+    """With attention dropout on the CPU the window attention is checkpointed: its output and gradients must be
+    those of the direct SDPA call under the same random state (the recomputation replays the dropout mask)."""
+    n, heads, dim, one_sided, p = 13, 2, 8, 2, 0.5
+    masks = masks_for(n, "several")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, n, dim, generator=gen, requires_grad=True)
+    qkv = torch.nn.Linear(dim, 3 * dim)
+    grad_out = torch.randn(2, n, heads, dim // heads, generator=gen)
+
+    def run(fn):
+        torch.manual_seed(1)
+        out = fn()
+        out.backward(grad_out)
+        grads = [t.grad.clone() for t in (x, qkv.weight, qkv.bias)]
+        for t in (x, qkv.weight, qkv.bias):
+            t.grad = None
+        return out.detach(), grads
+
+    checkpointed = run(lambda: attention.sliding_window_attention(x, qkv, masks, heads, one_sided, p))
+    direct = run(lambda: sdpa_window_attention(qkv(x).view(2, n, 3, heads, dim // heads), masks, one_sided, p))
+    assert not torch.equal(checkpointed[0], run(lambda: sdpa_window_attention(
+        qkv(x).view(2, n, 3, heads, dim // heads), masks, one_sided, 0.0))[0])  # dropout really was applied
+    torch.testing.assert_close(checkpointed[0], direct[0], rtol=0, atol=0)
+    for got, want in zip(checkpointed[1], direct[1]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
