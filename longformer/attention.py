@@ -213,8 +213,8 @@ class BandedAttention(torch.autograd.Function):
                 attn_mask=mask[part], scale=scale)
             _add_windows_grad(grad_rows[:, 1], grad_k, block, first)
             _add_windows_grad(grad_rows[:, 2], grad_v, block, first)
-        out_tokens, lse_tokens = _tokens_first(out, lse, batch)
         if global_index.shape[1]:
+            out_tokens, lse_tokens = _tokens_first(out, lse, batch)
             for i in range(batch):
                 _global_keys_backward(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i],
                                       grad[i], grad_tokens[i], scale)

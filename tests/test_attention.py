@@ -51,21 +51,24 @@ def test_cpu_attention_dropout_is_recomputed_with_the_same_mask():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, n, dim, generator=gen, requires_grad=True)
     qkv = torch.nn.Linear(dim, 3 * dim)
+    inputs = (x, qkv.weight, qkv.bias)
     grad_out = torch.randn(2, n, heads, dim // heads, generator=gen)
 
     def run(fn):
         torch.manual_seed(1)
         out = fn()
         out.backward(grad_out)
-        grads = [t.grad.clone() for t in (x, qkv.weight, qkv.bias)]
-        for t in (x, qkv.weight, qkv.bias):
+        grads = [t.grad.clone() for t in inputs]
+        for t in inputs:
             t.grad = None
         return out.detach(), grads
 
+    def direct_sdpa(dropout_p: float):
+        return sdpa_window_attention(qkv(x).view(2, n, 3, heads, dim // heads), masks, one_sided, dropout_p)
+
     checkpointed = run(lambda: attention.sliding_window_attention(x, qkv, masks, heads, one_sided, p))
-    direct = run(lambda: sdpa_window_attention(qkv(x).view(2, n, 3, heads, dim // heads), masks, one_sided, p))
-    assert not torch.equal(checkpointed[0], run(lambda: sdpa_window_attention(
-        qkv(x).view(2, n, 3, heads, dim // heads), masks, one_sided, 0.0))[0])  # dropout really was applied
+    direct = run(lambda: direct_sdpa(p))
+    assert not torch.equal(checkpointed[0], run(lambda: direct_sdpa(0.0))[0])  # dropout really was applied
     torch.testing.assert_close(checkpointed[0], direct[0], rtol=0, atol=0)
     for got, want in zip(checkpointed[1], direct[1]):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
