@@ -30,8 +30,9 @@ from transformers import LongformerForSequenceClassification as HFClassifier
 from longformer import HeadConfig, LongformerClassifier, LongformerConfig
 from longformer.convert import rename_hf_state_dict
 
+from imdb_sample import IMDB, imdb_token_lengths  # bench/, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
-IMDB = ROOT.parent / "shared" / "imdb"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -91,6 +92,15 @@ class PeakMemory:
             self.bytes = torch.cuda.max_memory_allocated() - self.start
         else:
             self.bytes = (self._status_kib("VmHWM") - self.start) * 1024
+
+
+def cuda_total_peak_bytes(fn) -> int:
+    """Peak GPU memory during one call of fn, everything counted: weights, gradients, activations, workspaces."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
 
 
 def timed(fn, device: torch.device, measure_memory: bool) -> tuple[float, int]:
@@ -250,6 +260,10 @@ def bench_lengths(models: dict, config: HFConfig, lengths: list[int], device, au
             rows.append(dict(model=name, tokens=n, forward_s=fwd_s, forward_backward_s=fb_s,
                              forward_peak_mb=fwd_mem / 2**20, forward_backward_peak_mb=fb_mem / 2**20,
                              forward_tokens_per_s=n / fwd_s))
+            if device.type == "cuda":
+                step = training_step_fn(model, inputs[n], autocast)
+                rows[-1]["forward_backward_gpu_total_mb"] = cuda_total_peak_bytes(step) / 2**20
+                model.zero_grad(set_to_none=True)
             print(f"  {name:12s} {n:5d} tokens: forward {fwd_s:7.2f}s, fwd+bwd {fb_s:7.2f}s", flush=True)
     return rows
 
@@ -279,24 +293,6 @@ def _measure_cpu_memory(args: argparse.Namespace) -> list[dict]:
             print(f"  {name:12s} {n:5d} tokens: forward peak {fwd_mem / 2**30:5.2f} GiB, "
                   f"fwd+bwd peak {fb_mem / 2**30:5.2f} GiB", flush=True)
     return rows
-
-
-def imdb_token_lengths(count: int, seed: int = 0) -> list[int]:
-    """Token counts of `count` real IMDb test reviews under a RoBERTa-sized (50k) byte-level BPE.
-
-    The hub's tokenizer is unreachable offline, so one is trained on IMDb's train split (same algorithm and
-    vocabulary size as RoBERTa's); only the lengths matter for speed.
-    """
-    from datasets import load_dataset
-    from tokenizers import ByteLevelBPETokenizer
-
-    data = load_dataset("parquet", data_files={"train": str(IMDB / "train.parquet"),
-                                               "test": str(IMDB / "test.parquet")})
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(data["train"].shuffle(seed=seed).select(range(10_000))["text"], vocab_size=50265,
-                            show_progress=False)
-    reviews = data["test"].shuffle(seed=seed).select(range(count))["text"]
-    return [min(len(e.ids) + 2, 4096) for e in bpe.encode_batch(reviews)]  # + <s> and </s>
 
 
 def bench_imdb(models: dict, config: HFConfig, lengths: list[int], device, autocast) -> list[dict]:
@@ -354,12 +350,15 @@ def summarize(rows: list[dict], imdb: list[dict], no_faults: list[dict]) -> dict
 
 
 def markdown_table(rows: list[dict], summary: dict, rate: float) -> str:
-    lines = ["| tokens | model | forward s | fwd+bwd s | fwd+bwd peak GiB | forward tokens/s | "
-             "forward % of matmul rate | fwd+bwd % of matmul rate |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    gpu_total = "forward_backward_gpu_total_mb" in rows[0]
+    lines = ["| tokens | model | forward s | fwd+bwd s | fwd+bwd peak GiB | "
+             + ("fwd+bwd GPU total GiB | " if gpu_total else "")
+             + "forward tokens/s | forward % of matmul rate | fwd+bwd % of matmul rate |",
+             "|---:|---|---:|---:|---:|" + ("---:|" if gpu_total else "") + "---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['tokens']} | {r['model']} | {r['forward_s']:.2f} | {r['forward_backward_s']:.2f} | "
-                     f"{r['forward_backward_peak_mb'] / 1024:.2f} | {r['forward_tokens_per_s']:.0f} | "
+        total = f"{r['forward_backward_gpu_total_mb'] / 1024:.2f} | " if gpu_total else ""
+        lines.append(f"| {r['tokens']} | {r['model']} | {r['forward_s']:.3f} | {r['forward_backward_s']:.3f} | "
+                     f"{r['forward_backward_peak_mb'] / 1024:.2f} | {total}{r['forward_tokens_per_s']:.0f} | "
                      f"{100 * r['forward_matmul_fraction']:.0f}% | {100 * r['forward_backward_matmul_fraction']:.0f}% |")
     lines += ["", f"Measured matmul rate: {rate / 1e9:.0f} GFLOP/s.", "",
               "| tokens | forward speed-up | fwd+bwd speed-up | fwd+bwd memory (ours / transformers) | "
@@ -381,11 +380,14 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="attention and hidden dropout in training steps, both models (the checkpoints have 0.1; "
-                             "with attention dropout, ours runs its portable SDPA path, as the CPU flash kernels "
-                             "have no dropout)")
+                             "with attention dropout, ours leaves the CPU flash kernels, which have none, for its "
+                             "block-by-block softmax)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in both models")
     parser.add_argument("--repeats", type=int, default=2, help="time each call this many times, keep the fastest")
     parser.add_argument("--imdb-reviews", type=int, default=16, help="real reviews for the training-step figure")
+    parser.add_argument("--imdb-lengths", type=Path,
+                        help="their token counts from a JSON list written by bench/imdb_sample.py, instead of "
+                             "tokenizing ../shared/imdb (for machines without it)")
     parser.add_argument("--skip-transformers", action="store_true", help="only ours (e.g. where it runs out of memory)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench.json")
     args = parser.parse_args()
@@ -400,9 +402,12 @@ def main() -> None:
     print(f"matmul rate: {rates[0] / 1e9:.0f} GFLOP/s", flush=True)
     config, models = setup_models(args, device)
 
-    imdb = []
-    if args.imdb_reviews and IMDB.is_dir():
+    imdb, lengths = [], []
+    if args.imdb_lengths:
+        lengths = json.loads(args.imdb_lengths.read_text())
+    elif args.imdb_reviews and IMDB.is_dir():
         lengths = imdb_token_lengths(args.imdb_reviews)
+    if lengths:
         print(f"IMDb sample: {len(lengths)} reviews, {sum(lengths)} tokens, longest {max(lengths)}", flush=True)
         imdb = bench_imdb(models, config, lengths, device, autocast)
         rates.append(matmul_rate(device, dtype))

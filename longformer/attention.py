@@ -11,12 +11,14 @@ How it computes it:
     `3w` keys around it. Short sequences (n <= 3w) are one dense block with a band mask. Only 1.5x the
     needed scores are computed (transformers: ~2x, with several full copies of the score tensor), and
     padding goes to a multiple of w, not of the window.
-  * on the CPU (fp32, no attention dropout), `BandedAttention` writes the fused q/k/v projection straight
-    into a padded row layout, runs PyTorch's flash-attention kernels on overlapping strided views of its
-    keys and values, so the windows are never copied, and merges in the global keys through log-sum-exps;
-    it saves only the input, q, k, v and the output for backward. Elsewhere (GPU, autocast, attention
-    dropout) one `scaled_dot_product_attention` call runs over copied windows plus global keys (checkpointed
-    on the CPU under dropout, where it would otherwise keep its full probabilities for backward).
+  * on the CPU (without autocast), `BandedAttention` writes the fused q/k/v projection straight into a padded
+    row layout, runs PyTorch's flash-attention kernels on overlapping strided views of its keys and values, so
+    the windows are never copied, and merges in the global keys through log-sum-exps; it saves only the input,
+    q, k, v and the output for backward. With attention dropout, which those kernels lack, the same layout
+    goes one block at a time with the softmax written out, and backward draws the dropout masks again from
+    the forward's seed. Elsewhere (GPU, autocast) one `scaled_dot_product_attention` call runs over copied
+    windows plus global keys (checkpointed on the CPU under dropout, where it would otherwise keep its full
+    probabilities for backward).
   * global part: with G global tokens the `key_global`/`value_global` projections of all n tokens are
     folded into the G queries (q . (W x + b) = (W^T q) . x + q . b), which costs G*heads/hidden of the
     projections (1/64 for the base model with only <s> global).
@@ -31,9 +33,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call
+# Not cuDNN's attention: it builds a graph for every new input shape, ~4 ms per call, which at IMDb's varied
+# lengths made a GPU training step 4.6x slower (H100, measured); the memory-efficient kernel takes our masks.
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -95,7 +101,8 @@ class AttentionMasks:
     def put_global(self, x: Tensor, global_rows: Tensor) -> Tensor:
         """Replace the rows of x (B, n, D) at global positions by global_rows (B, G, D)."""
         keep = self.global_present[..., None]
-        rows = torch.where(keep, global_rows, self.gather(x))  # spare slots write back what was there
+        # under autocast the two sides can differ (the global rows end in an fp32 bias add): x's dtype wins
+        rows = torch.where(keep, global_rows.to(x.dtype), self.gather(x))  # spare slots write back what was there
         return x.scatter(1, self.global_index[..., None].expand_as(rows), rows)
 
 
@@ -103,28 +110,29 @@ def sliding_window_attention(x: Tensor, qkv: nn.Linear, masks: AttentionMasks, n
                              dropout_p: float = 0.0) -> Tensor:
     """x (B, n, D) -> (B, n, H, d): the fused q/k/v projection, then every token over its window and the global keys.
 
-    On the CPU (fp32, no attention dropout): `BandedAttention` (no copies of q/k/v or of the windows, less
-    saved for backward). Elsewhere (GPU, autocast, dropout): one `scaled_dot_product_attention` call over
-    copied windows, recomputed in backward when it is the CPU's math kernel with dropout.
+    On the CPU (without autocast): `BandedAttention` (no copies of q/k/v or of the windows, less saved for
+    backward). Elsewhere (GPU, autocast): one `scaled_dot_product_attention` call over copied windows, recomputed
+    in backward when it is the CPU's math kernel with dropout.
     """
-    if use_banded_kernel(x, dropout_p):
+    if use_banded_kernel(x):
         mask, block, pad = masks.window_mask(one_sided, x.dtype)
+        seed = int(torch.randint(2**62, ())) if dropout_p else 0  # from the global RNG: torch.manual_seed rules
         return BandedAttention.apply(x, qkv.weight, qkv.bias, num_heads, mask, block, pad, masks.global_index,
-                                     masks.global_present)
+                                     masks.global_present, dropout_p, seed)
     batch, n, dim = x.shape
     rows = qkv(x).view(batch, n, 3, num_heads, dim // num_heads)
     if dropout_p and x.device.type == "cpu" and torch.is_grad_enabled():
-        # On the CPU, SDPA with dropout is its math kernel, which keeps the (blocks, H, L, G + 3L) scores,
-        # probabilities and dropout mask for backward (~0.5 GB a layer at 4096 tokens): recompute them instead,
-        # with the same dropout mask (checkpoint restores the RNG state).
+        # On the CPU under autocast, SDPA with dropout is its math kernel, which keeps the (blocks, H, L, G + 3L)
+        # scores, probabilities and dropout mask for backward (~0.5 GB a layer at 4096 tokens): recompute them
+        # instead, with the same dropout mask (checkpoint restores the RNG state).
         return checkpoint(sdpa_window_attention, rows, masks, one_sided, dropout_p, use_reentrant=False)
     return sdpa_window_attention(rows, masks, one_sided, dropout_p)
 
 
-def use_banded_kernel(x: Tensor, dropout_p: float) -> bool:
-    """PyTorch's CPU flash-attention kernels have no dropout (and do not run on GPUs); under autocast the
-    projection's dtype is autocast's choice, which the portable path leaves to nn.Linear."""
-    return x.device.type == "cpu" and dropout_p == 0.0 and not torch.is_autocast_enabled("cpu")
+def use_banded_kernel(x: Tensor) -> bool:
+    """BandedAttention is for the CPU (GPUs have SDPA's fused kernels); under autocast the projection's dtype is
+    autocast's choice, which the portable path leaves to nn.Linear."""
+    return x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
 
 
 def sdpa_window_attention(qkv: Tensor, masks: AttentionMasks, one_sided: int, dropout_p: float = 0.0) -> Tensor:
@@ -147,14 +155,16 @@ def sdpa_window_attention(qkv: Tensor, masks: AttentionMasks, one_sided: int, dr
         glob = masks.gather(t).transpose(1, 2)[:, None].expand(-1, blocks, -1, -1, -1)  # (B, blocks, H, G, d)
         return torch.cat([glob, windows], dim=3).flatten(0, 1)
 
-    out = F.scaled_dot_product_attention(q, keys_per_block(k), keys_per_block(v), attn_mask=mask,
-                                         dropout_p=dropout_p)
+    with sdpa_kernel(_SDPA_BACKENDS):
+        out = F.scaled_dot_product_attention(q, keys_per_block(k), keys_per_block(v), attn_mask=mask,
+                                             dropout_p=dropout_p)
     out = out.view(batch, blocks, heads, block, head_dim).permute(0, 1, 3, 2, 4).reshape(batch, n_pad, heads, head_dim)
     return out[:, :n]
 
 
 class BandedAttention(torch.autograd.Function):
-    """The q/k/v projection, then window + global-key attention on PyTorch's CPU flash-attention kernels.
+    """The q/k/v projection, then window + global-key attention on PyTorch's CPU flash-attention kernels (or, with
+    attention dropout, which those kernels lack, on the same layout one block at a time: `_window_dropout_*`).
 
     Tokens are laid out as rows: the batch's sequences (each padded to a multiple of the block L) end to end,
     with P zero rows before and after, so block t's L + 2P keys are rows [t L, t L + L + 2P): an
@@ -163,12 +173,13 @@ class BandedAttention(torch.autograd.Function):
     which every query also sees, are a small dense attention, merged in through the log-sum-exps. In
     backward, the flash kernel given the merged output and log-sum-exp yields exactly the window part of
     the gradients (the softmax is over the union); the global part is done densely.
-    Saved: the input x, the padded q, k, v rows and the output; the windows are never materialised.
+    Saved: the input x, the padded q, k, v rows and the output; the windows are never materialised. Dropout's
+    masks are not saved either: backward draws them again from the same seed (`_DropoutMasks`).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, heads: int, mask: Tensor, block: int, pad: int,
-                global_index: Tensor, global_present: Tensor) -> Tensor:
+                global_index: Tensor, global_present: Tensor, dropout_p: float = 0.0, seed: int = 0) -> Tensor:
         batch, n, dim = x.shape
         head_dim = dim // heads
         n_pad = math.ceil(n / block) * block
@@ -181,14 +192,19 @@ class BandedAttention(torch.autograd.Function):
         tokens[:, n:] = 0
         scale = head_dim ** -0.5
         q, k, v = _blocked(rows, block, pad)
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, attn_mask=mask, scale=scale)  # (T, H, L, d), (T, H, L)
+        dropped = _DropoutMasks(dropout_p, seed) if dropout_p else None
+        if dropped:
+            out, lse = _window_dropout_forward(q, k, v, mask, scale, dropped)
+        else:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, attn_mask=mask, scale=scale)  # (T, H, L, d), (T, H, L)
         out_tokens, lse_tokens = _tokens_first(out, lse, batch)  # (B, n_pad, H, d), (B, n_pad, H): views
         if global_index.shape[1]:
             for i in range(batch):
-                _merge_global_keys(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i], scale)
+                _merge_global_keys(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i], scale,
+                                   dropped)
         ctx.save_for_backward(x, weight, rows, mask, out, lse, global_index, global_present)
-        ctx.block, ctx.pad, ctx.scale = block, pad, scale
+        ctx.block, ctx.pad, ctx.scale, ctx.dropout_p, ctx.seed = block, pad, scale, dropout_p, seed
         return out_tokens[:, :n]
 
     @staticmethod
@@ -204,23 +220,88 @@ class BandedAttention(torch.autograd.Function):
         grad_rows = torch.zeros_like(rows)
         grad_tokens = _token_rows(grad_rows, pad, batch)
         grad_q = _blocked(grad_rows, block, pad)[0]
-        # A few blocks at a time: the kernel's window gradients stay small (no fresh, page-faulting buffers).
-        step = max(1, _BACKWARD_CHUNK_TOKENS // block)
-        for first in range(0, q.shape[0], step):
-            part = slice(first, first + step)
-            grad_q[part], grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                grad_blocks[part], q[part], k[part], v[part], out[part], lse[part], 0.0, False,
-                attn_mask=mask[part], scale=scale)
-            _add_windows_grad(grad_rows[:, 1], grad_k, block, first)
-            _add_windows_grad(grad_rows[:, 2], grad_v, block, first)
+        dropped = _DropoutMasks(ctx.dropout_p, ctx.seed) if ctx.dropout_p else None  # the forward's, in its order
+        if dropped:
+            _window_dropout_backward(grad_blocks, q, k, v, out, lse, mask, scale, dropped, grad_q, grad_rows, block)
+        else:
+            _window_flash_backward(grad_blocks, q, k, v, out, lse, mask, scale, grad_q, grad_rows, block)
         if global_index.shape[1]:
             out_tokens, lse_tokens = _tokens_first(out, lse, batch)
             for i in range(batch):
                 _global_keys_backward(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i],
-                                      grad[i], grad_tokens[i], scale)
+                                      grad[i], grad_tokens[i], scale, dropped)
         grad_qkv = grad_tokens[:, :n].reshape(batch * n, -1)  # (B n, 3 D); a copy only if sequences were padded
         grad_x = (grad_qkv @ weight).view(x.shape)
-        return grad_x, grad_qkv.T @ x.reshape(batch * n, -1), grad_qkv.sum(0), None, None, None, None, None, None
+        return (grad_x, grad_qkv.T @ x.reshape(batch * n, -1), grad_qkv.sum(0)) + (None,) * 8
+
+
+def _window_flash_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor,
+                           scale: float, grad_q: Tensor, grad_rows: Tensor, block: int) -> None:
+    """The window part of the gradients on the flash kernel: written to grad_q (T, H, L, d), a view of grad_rows
+    (P + N + P, 3, H, d), and added to grad_rows' keys and values. Given the merged output and log-sum-exp, the kernel
+    computes the softmax over the window and the global keys."""
+    # A few blocks at a time: the kernel's window gradients stay small (no fresh, page-faulting buffers).
+    step = max(1, _BACKWARD_CHUNK_TOKENS // block)
+    for first in range(0, q.shape[0], step):
+        part = slice(first, first + step)
+        grad_q[part], grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad[part], q[part], k[part], v[part], out[part], lse[part], 0.0, False, attn_mask=mask[part], scale=scale)
+        _add_windows_grad(grad_rows[:, 1], grad_k, block, first)
+        _add_windows_grad(grad_rows[:, 2], grad_v, block, first)
+
+
+class _DropoutMasks:
+    """Which attention probabilities dropout zeroes (True), drawn from a generator seeded once per forward: backward
+    makes a fresh one from the same seed and draws them again, in the same order, instead of storing them.
+
+    Four decisions come from each 64-bit random number, as 16-bit lanes compared to a threshold (3-4x faster than
+    `bernoulli_`, which draws one number per element): p is rounded to a multiple of 2^-16, at most 7.6e-6 off.
+    The kept ones are scaled by `scale` = 1 / (1 - p), which callers apply to the smallest tensor at hand.
+    """
+
+    def __init__(self, p: float, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.threshold = round(p * 2**16) - 2**15  # a uniform int16 falls below it with probability ~p
+        self.scale = 1 / (1 - p)
+
+    def __call__(self, shape: torch.Size) -> Tensor:
+        count = math.prod(shape)
+        words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-2**63, None, generator=self.generator)
+        return words.view(torch.int16)[:count].view(shape) < self.threshold
+
+
+def _window_dropout_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float,
+                            dropped: _DropoutMasks) -> tuple[Tensor, Tensor]:
+    """Window attention with dropout on the probabilities, one block at a time (the softmax written out): out
+    (T, H, L, d) and log-sum-exp (T, H, L), laid out token-major in memory, as the flash kernel lays out its own."""
+    blocks, heads, block, head_dim = q.shape
+    out = q.new_empty(blocks, block, heads, head_dim).transpose(1, 2)
+    lse = q.new_empty(blocks, block, heads).transpose(1, 2)
+    for b in range(blocks):
+        scores = torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale)  # (H, L, L + 2P)
+        lse[b] = scores.logsumexp(-1)
+        probs = scores.sub_(lse[b].unsqueeze(-1)).exp_()
+        out[b] = (probs.masked_fill_(dropped(probs.shape), 0) @ v[b]).mul_(dropped.scale)
+    return out, lse
+
+
+def _window_dropout_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor,
+                             scale: float, dropped: _DropoutMasks, grad_q: Tensor, grad_rows: Tensor,
+                             block: int) -> None:
+    """As `_window_flash_backward`, with dropout, block by block: the probabilities are recomputed from the merged
+    log-sum-exp (so they are those of the softmax over the window and the global keys), the masks drawn again."""
+    for b in range(q.shape[0]):
+        scores = torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale)
+        probs = scores.sub_(lse[b].unsqueeze(-1)).exp_()  # (H, L, L + 2P)
+        drop = dropped(probs.shape)
+        grad_scaled = grad[b] * dropped.scale  # (H, L, d): dropout's 1 / (1 - p) here, not on the probabilities
+        window = slice(b * block, b * block + k.shape[2])  # block b's window rows
+        grad_rows[window, 2] += (probs.masked_fill(drop, 0).transpose(1, 2) @ grad_scaled).transpose(0, 1)
+        delta = (grad[b] * out[b]).sum(-1, keepdim=True)  # softmax backward's row term, (H, L, 1)
+        grad_probs = (grad_scaled @ v[b].transpose(1, 2)).masked_fill_(drop, 0)
+        grad_scores = probs.mul_(grad_probs.sub_(delta)).mul_(scale)
+        grad_q[b] = grad_scores @ k[b]
+        grad_rows[window, 1] += (grad_scores.transpose(1, 2) @ q[b]).transpose(0, 1)
 
 
 def _token_rows(rows: Tensor, pad: int, batch: int) -> Tensor:
@@ -256,7 +337,7 @@ def _add_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int, first
 # a row stride of 3 H d (or H d), which bmm takes as they are (4-d batched matmuls would copy them).
 
 def _merge_global_keys(tokens: Tensor, global_index: Tensor, present: Tensor, out: Tensor, lse: Tensor,
-                       scale: float) -> None:
+                       scale: float, dropped: _DropoutMasks | None = None) -> None:
     """Fold the G global keys into one sequence's window attention, in place: out (n_pad, H, d) and lse (n_pad, H) of
     the softmax over the window become those over the window and the global keys. tokens (n_pad, 3, H, d)."""
     q, k_glob, v_glob = _query_and_global_keys(tokens, global_index)
@@ -264,23 +345,35 @@ def _merge_global_keys(tokens: Tensor, global_index: Tensor, present: Tensor, ou
     lse, out = lse.T, out.transpose(0, 1)  # (H, n_pad), (H, n_pad, d)
     merged = torch.logaddexp(lse, scores.logsumexp(-1))
     out.mul_((lse - merged).exp().unsqueeze(-1))
-    out.baddbmm_((scores - merged.unsqueeze(-1)).exp(), v_glob)
+    probs = (scores - merged.unsqueeze(-1)).exp()  # (H, n_pad, G)
+    if dropped:
+        out.baddbmm_(probs.masked_fill_(dropped(probs.shape), 0), v_glob, alpha=dropped.scale)
+    else:
+        out.baddbmm_(probs, v_glob)
     lse.copy_(merged)
 
 
 def _global_keys_backward(tokens: Tensor, global_index: Tensor, present: Tensor, out: Tensor, lse: Tensor,
-                          grad: Tensor, grad_tokens: Tensor, scale: float) -> None:
+                          grad: Tensor, grad_tokens: Tensor, scale: float,
+                          dropped: _DropoutMasks | None = None) -> None:
     """Add the global keys' part of one sequence's gradients to grad_tokens (n_pad, 3, H, d): q's through the global
     scores, and the global keys' and values'. out, grad (n_pad, H, d) and lse (n_pad, H) are the merged ones."""
     q, k_glob, v_glob = _query_and_global_keys(tokens, global_index)
     probs = (_global_scores(q, k_glob, present, scale) - lse.T.unsqueeze(-1)).exp()  # (H, n_pad, G)
     delta = (grad * out).sum(-1).T.unsqueeze(-1)  # softmax backward's row term, (H, n_pad, 1)
     grad = grad.transpose(0, 1)  # (H, n_pad, d)
-    grad_scores = probs * (grad @ v_glob.transpose(-1, -2) - delta) * scale  # (H, n_pad, G)
+    # the probabilities after dropout, grad times dropout's 1 / (1 - p), and the probabilities' gradient (H, n_pad, G)
+    if dropped:
+        drop = dropped(probs.shape)
+        kept_probs, grad_scaled = probs.masked_fill(drop, 0), grad * dropped.scale
+        grad_probs = (grad_scaled @ v_glob.transpose(-1, -2)).masked_fill_(drop, 0)
+    else:
+        kept_probs, grad_scaled, grad_probs = probs, grad, grad @ v_glob.transpose(-1, -2)
+    grad_scores = probs * (grad_probs - delta) * scale
     grad_tokens[:, 0].transpose(0, 1).baddbmm_(grad_scores, k_glob)
     index = global_index[:, None, None].expand(-1, *grad_tokens.shape[2:])  # (G, H, d)
     grad_tokens[:, 1].scatter_add_(0, index, (grad_scores.transpose(-1, -2) @ q).transpose(0, 1))
-    grad_tokens[:, 2].scatter_add_(0, index, (probs.transpose(-1, -2) @ grad).transpose(0, 1))
+    grad_tokens[:, 2].scatter_add_(0, index, (kept_probs.transpose(-1, -2) @ grad_scaled).transpose(0, 1))
 
 
 def _query_and_global_keys(tokens: Tensor, global_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -21,10 +21,13 @@ def masks_for(n: int, globals_: str) -> AttentionMasks:
     return AttentionMasks.build(attention_mask, glob)
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])  # flash kernels, or the written-out softmax with dropout
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", [5, 6, 13])  # one dense block (n <= 3w), and blocked with a padded last block
 @pytest.mark.parametrize("chunk_tokens", [1, 1024])  # backward one block per kernel call, or all at once
-def test_banded_attention_gradients_are_exact(n, globals_, chunk_tokens, monkeypatch):
+def test_banded_attention_gradients_are_exact(n, globals_, chunk_tokens, dropout_p, monkeypatch):
+    """Against finite differences (with dropout: a fixed seed makes the function deterministic, so this also checks
+    that backward draws the forward's masks again)."""
     monkeypatch.setattr(attention, "_BACKWARD_CHUNK_TOKENS", chunk_tokens)
     one_sided = 2
     masks = masks_for(n, globals_)
@@ -35,17 +38,48 @@ def test_banded_attention_gradients_are_exact(n, globals_, chunk_tokens, monkeyp
                        for shape in ((2, n, dim), (3 * dim, dim), (3 * dim,)))
 
     def banded(*inputs):
-        return BandedAttention.apply(*inputs, heads, mask, block, pad, masks.global_index, masks.global_present)
+        return BandedAttention.apply(*inputs, heads, mask, block, pad, masks.global_index, masks.global_present,
+                                     dropout_p, 123)
 
     assert torch.autograd.gradcheck(banded, (x, weight, bias))
+    if dropout_p:
+        return
     qkv = torch.nn.functional.linear(x, weight, bias).view(2, n, 3, heads, dim // heads)
     torch.testing.assert_close(banded(x, weight, bias), sdpa_window_attention(qkv, masks, one_sided), rtol=0,
                                atol=1e-12)
 
 
-def test_cpu_attention_dropout_is_recomputed_with_the_same_mask():
-    """With attention dropout on the CPU the window attention is checkpointed: its output and gradients must be
-    those of the direct SDPA call under the same random state (the recomputation replays the dropout mask)."""
+def test_banded_attention_dropout_zeroes_probabilities_and_rescales_the_rest():
+    """With v the one-hot key positions, each output row is the row's attention probabilities: under dropout p every
+    one must be 0 or its dropout-free value / (1 - p), about a fraction p of them 0, and the same seed the same."""
+    n, dim, one_sided, p = 13, 16, 2, 0.4
+    masks = masks_for(n, "several")
+    mask, block, pad = masks.window_mask(one_sided, torch.float64)
+    x = torch.eye(dim, dtype=torch.float64)[:n].expand(2, n, dim)  # token j is e_j
+    gen = torch.Generator().manual_seed(0)
+    query_key = torch.randn(2 * dim, dim, dtype=torch.float64, generator=gen)
+    weight = torch.cat([query_key, torch.eye(dim, dtype=torch.float64)])  # v = x
+    bias = torch.zeros(3 * dim, dtype=torch.float64)
+
+    def probabilities(dropout_p: float, seed: int) -> torch.Tensor:  # (2, n, key position)
+        return BandedAttention.apply(x, weight, bias, 1, mask, block, pad, masks.global_index, masks.global_present,
+                                     dropout_p, seed)[:, :, 0]
+
+    regular = masks.key_local  # queries that are real and not global (a global query's row is replaced later)
+    probs, dropped = probabilities(0.0, 0)[regular], probabilities(p, 7)[regular]  # (queries, key position)
+    assert torch.allclose(probs.sum(-1), torch.ones(len(probs), dtype=torch.float64))
+    kept = dropped != 0
+    assert not (kept & (probs == 0)).any()
+    torch.testing.assert_close(dropped[kept], probs[kept] / (1 - p))
+    dropped_fraction = 1 - kept[probs > 0].double().mean().item()
+    assert 0.25 < dropped_fraction < 0.55, dropped_fraction  # ~150 probabilities: p = 0.4 within ~4 sigma
+    assert torch.equal(probabilities(p, 7)[regular], dropped) and not torch.equal(probabilities(p, 8)[regular], dropped)
+
+
+def test_cpu_autocast_attention_dropout_is_recomputed_with_the_same_mask():
+    """Under autocast with attention dropout on the CPU the portable window attention is checkpointed: its output and
+    gradients must be those of the direct SDPA call under the same random state (the recomputation replays the
+    dropout mask)."""
     n, heads, dim, one_sided, p = 13, 2, 8, 2, 0.5
     masks = masks_for(n, "several")
     gen = torch.Generator().manual_seed(0)
@@ -56,8 +90,9 @@ def test_cpu_attention_dropout_is_recomputed_with_the_same_mask():
 
     def run(fn):
         torch.manual_seed(1)
-        out = fn()
-        out.backward(grad_out)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn()
+        out.backward(grad_out.to(out.dtype))
         grads = [t.grad.clone() for t in inputs]
         for t in inputs:
             t.grad = None

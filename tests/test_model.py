@@ -45,6 +45,30 @@ def test_activation_linear_gradients_are_exact(gelu, chunk_rows, monkeypatch):
                                torch.nn.functional.linear(activation(h), weight, bias), rtol=0, atol=1e-12)
 
 
+def test_gradient_checkpointing_replays_attention_dropout():
+    """Layer checkpointing recomputes each layer in backward; with attention dropout on, it must draw the same masks
+    (the RNG state is restored), so the gradients are those of the plain run, and dropout does change them."""
+    config = LongformerConfig.from_hf_dict(small_hf_config(attention_probs_dropout_prob=0.3,
+                                                           hidden_dropout_prob=0.1).to_dict())
+    torch.manual_seed(0)
+    model = LongformerModel(config).train()
+    ids = torch.randint(3, 120, (2, 41))
+    glob = torch.zeros_like(ids)
+    glob[:, 0] = 1
+
+    def gradients(checkpointing: bool, seed: int) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model.gradient_checkpointing = checkpointing
+        torch.manual_seed(seed)
+        model(ids, global_attention_mask=glob).square().sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    plain, checkpointed = gradients(False, 1), gradients(True, 1)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert not torch.equal(gradients(False, 2)["layers.0.attn.qkv.weight"], plain["layers.0.attn.qkv.weight"])
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(dropout=1.5), "head.dropout"), (dict(activation="swish"), "head.activation"), (dict(dim=0), "head.dim"),
 ])

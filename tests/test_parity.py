@@ -37,9 +37,9 @@ def models(hf_checkpoint):
 
 @pytest.fixture(params=["banded", "sdpa"])
 def kernel(request, monkeypatch):
-    """Both attention paths: the CPU flash kernels (BandedAttention) and the portable SDPA one (GPU, dropout)."""
+    """Both attention paths: BandedAttention (the CPU) and the portable SDPA one (GPU, autocast)."""
     if request.param == "sdpa":
-        monkeypatch.setattr(attention, "use_banded_kernel", lambda qkv, dropout_p: False)
+        monkeypatch.setattr(attention, "use_banded_kernel", lambda x: False)
     return request.param
 
 
@@ -93,13 +93,19 @@ def test_gradients_match_transformers(models, n, globals_, kernel):
     weights = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)) * mask[..., None]
     (expected * weights).sum().backward()
     (actual * weights).sum().backward()
+    assert_same_gradients(hf, ours, globals_)
+
+
+def assert_same_gradients(hf, ours, globals_: str) -> None:
     expected, expected_key_bias = split_key_bias(rename_hf_state_dict(grads(hf)))
     actual, actual_key_bias = split_key_bias(grads(ours))
     errors = {k: ((actual[k] - g).norm() / g.norm()).item() if g.norm() > 0 else actual[k].norm().item()
               for k, g in expected.items()}
     assert max(errors.values()) <= 1e-4, sorted(errors.items(), key=lambda kv: -kv[1])[:5]
-    weight_scale = min(g.norm() for k, g in expected.items() if k.endswith("attn.qkv.weight"))
-    for name in expected_key_bias:  # analytically zero on both sides
+    for name in expected_key_bias:  # analytically zero on both sides: noise, small next to its layer's weight grads
+        layer = name.split(".attn.")[0] + ".attn."
+        weight_scale = torch.stack([g.norm() for k, g in expected.items()
+                                    if k.startswith(layer) and k.endswith(".weight")]).norm()
         assert max(expected_key_bias[name].norm(), actual_key_bias[name].norm()) <= 1e-6 * weight_scale, name
     if globals_ != "none":
         assert ours.layers[0].attn.key_global.weight.grad.abs().sum() > 0  # the global path is exercised
@@ -142,3 +148,73 @@ def test_global_only_output_equals_full_output_at_global_tokens(models):
     for row in range(3):
         count = int(masks_glob[row].sum())
         torch.testing.assert_close(only[row, :count], full[row, masks_glob[row]], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bf16 autocast (CPU and GPU), and fp32 on a GPU (skipped without one), where ours runs its portable SDPA path.
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=needs_cuda)])
+def device_models(request, hf_checkpoint):
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on both sides (the default, made explicit)
+    device = request.param
+    return (HFModel.from_pretrained(hf_checkpoint, add_pooling_layer=False).to(device),
+            LongformerModel.from_hf(hf_checkpoint).to(device))
+
+
+def forward_backward(models, n: int, globals_: str, autocast: bool = False):
+    """Outputs (fp32) of both models on one batch, after a backward of a fixed random projection of them."""
+    hf, ours = models
+    device = next(ours.parameters()).device
+    ids, mask, glob = (t.to(device) for t in make_batch(n, globals_))
+    weights = torch.randn(3, n, ours.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    weights = weights.to(device) * mask[..., None]
+    outputs = []
+    for model in models:
+        model.train()  # dropout is 0: train mode only makes both take their training code paths
+        model.zero_grad()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(ids, attention_mask=mask, global_attention_mask=glob)
+        out = getattr(out, "last_hidden_state", out).float()
+        (out * weights).sum().backward()
+        outputs.append(out.detach())
+    return *outputs, mask
+
+
+def flat_gradients(models) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both models' gradients as one vector each, in the same order, without the key biases (pure noise)."""
+    hf, ours = models
+    expected, _ = split_key_bias(rename_hf_state_dict(grads(hf)))
+    actual, _ = split_key_bias(grads(ours))
+    return torch.cat([expected[k].flatten() for k in expected]), torch.cat([actual[k].flatten() for k in expected])
+
+
+@pytest.mark.parametrize("device_models", [pytest.param("cuda", marks=needs_cuda)], indirect=True)
+@pytest.mark.parametrize("globals_", ["none", "first", "several"])
+@pytest.mark.parametrize("n", [3, 17, 61])
+def test_cuda_forward_and_gradients_match_transformers(device_models, n, globals_):
+    expected, actual, mask = forward_backward(device_models, n, globals_)
+    valid = mask.bool()
+    assert (actual[valid] - expected[valid]).abs().max().item() <= 1e-5
+    assert_same_gradients(*device_models, globals_)
+
+
+@pytest.mark.parametrize("n", [17, 61])
+def test_bf16_autocast_is_as_accurate_as_transformers(device_models, n):
+    """Under bf16 autocast both drift from the fp32 result; ours must not drift further than transformers does,
+    in outputs or gradients."""
+    reference, _, mask = forward_backward(device_models, n, "several")
+    reference_grad, _ = flat_gradients(device_models)
+    theirs, ours, _ = forward_backward(device_models, n, "several", autocast=True)
+    theirs_grad, ours_grad = flat_gradients(device_models)
+    valid = mask.bool()
+
+    def error(x: torch.Tensor, ref: torch.Tensor) -> float:
+        return ((x - ref).norm() / ref.norm()).item()
+
+    errors = dict(output=(error(ours[valid], reference[valid]), error(theirs[valid], reference[valid])),
+                  gradient=(error(ours_grad, reference_grad), error(theirs_grad, reference_grad)))
+    for ours_error, theirs_error in errors.values():
+        assert 0 < ours_error <= 2 * theirs_error, errors  # 0 < : bf16 really ran

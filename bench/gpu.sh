@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The README's GPU figures in one go: parity on CUDA, then the bench in bf16 autocast, base (with and without
+# gradient checkpointing) and large at 4096 tokens. Results go to OUT_DIR (default bench/results).
+#
+#   python bench/imdb_sample.py 256 bench/results/imdb_lengths.json   # once, where ../shared/imdb is
+#   bench/gpu.sh [OUT_DIR]
+set -euo pipefail
+out=${1:-bench/results}
+python=${PYTHON:-python}
+lengths=bench/results/imdb_lengths.json
+imdb=(--imdb-reviews 0)
+[[ -f $lengths ]] && imdb=(--imdb-lengths "$lengths")
+bench=("$python" bench/bench.py --device cuda --dtype bf16 --repeats 5)
+
+"$python" -m pytest tests/test_parity.py -k cuda -q -p no:cacheprovider
+"${bench[@]}" "${imdb[@]}" --checkpointing --out "$out/gpu_base_checkpointing.json"
+"${bench[@]}" "${imdb[@]}" --out "$out/gpu_base.json"
+"${bench[@]}" --imdb-reviews 0 --large --checkpointing --lengths 4096 --out "$out/gpu_large_checkpointing.json"
+"${bench[@]}" --imdb-reviews 0 --large --lengths 4096 --out "$out/gpu_large.json"
