@@ -96,11 +96,9 @@ class PeakMemory:
 
 def cuda_total_peak_bytes(fn) -> int:
     """Peak GPU memory during one call of fn, everything counted: weights, gradients, activations, workspaces."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated()
+    with PeakMemory(torch.device("cuda")) as memory:
+        fn()
+    return memory.start + memory.bytes
 
 
 def timed(fn, device: torch.device, measure_memory: bool) -> tuple[float, int]:

@@ -295,13 +295,13 @@ def _window_dropout_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out:
         probs = scores.sub_(lse[b].unsqueeze(-1)).exp_()  # (H, L, L + 2P)
         drop = dropped(probs.shape)
         grad_scaled = grad[b] * dropped.scale  # (H, L, d): dropout's 1 / (1 - p) here, not on the probabilities
-        window = slice(b * block, b * block + k.shape[2])  # block b's window rows
-        grad_rows[window, 2] += (probs.masked_fill(drop, 0).transpose(1, 2) @ grad_scaled).transpose(0, 1)
+        grad_v = probs.masked_fill(drop, 0).transpose(1, 2) @ grad_scaled  # (H, L + 2P, d)
+        _add_windows_grad(grad_rows[:, 2], grad_v[None], block, b)
         delta = (grad[b] * out[b]).sum(-1, keepdim=True)  # softmax backward's row term, (H, L, 1)
         grad_probs = (grad_scaled @ v[b].transpose(1, 2)).masked_fill_(drop, 0)
         grad_scores = probs.mul_(grad_probs.sub_(delta)).mul_(scale)
         grad_q[b] = grad_scores @ k[b]
-        grad_rows[window, 1] += (grad_scores.transpose(1, 2) @ q[b]).transpose(0, 1)
+        _add_windows_grad(grad_rows[:, 1], (grad_scores.transpose(1, 2) @ q[b])[None], block, b)
 
 
 def _token_rows(rows: Tensor, pad: int, batch: int) -> Tensor:

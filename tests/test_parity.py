@@ -86,14 +86,8 @@ def split_key_bias(grads: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", [9, 17, 61])
 def test_gradients_match_transformers(models, n, globals_, kernel):
-    hf, ours = models
-    hf.zero_grad()
-    ours.zero_grad()
-    expected, actual, mask = run_both(models, n, globals_, train=True)
-    weights = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)) * mask[..., None]
-    (expected * weights).sum().backward()
-    (actual * weights).sum().backward()
-    assert_same_gradients(hf, ours, globals_)
+    forward_backward(models, n, globals_)
+    assert_same_gradients(*models, globals_)
 
 
 def assert_same_gradients(hf, ours, globals_: str) -> None:
