@@ -15,10 +15,10 @@ How it computes it:
     row layout, runs PyTorch's flash-attention kernels on overlapping strided views of its keys and values, so
     the windows are never copied, and merges in the global keys through log-sum-exps; it saves only the input,
     q, k, v and the output for backward. With attention dropout, which those kernels lack, the same layout
-    goes one block at a time with the softmax written out, and backward draws the dropout masks again from
-    the forward's seed. Elsewhere (GPU, autocast) one `scaled_dot_product_attention` call runs over copied
-    windows plus global keys (checkpointed on the CPU under dropout, where it would otherwise keep its full
-    probabilities for backward).
+    goes in smaller blocks (64 queries: less computed outside the band), one at a time, with the softmax
+    written out, and backward draws the dropout masks again from the forward's seed. Elsewhere (GPU, autocast)
+    one `scaled_dot_product_attention` call runs over copied windows plus global keys (checkpointed on the
+    CPU under dropout, where it would otherwise keep its full probabilities for backward).
   * global part: with G global tokens the `key_global`/`value_global` projections of all n tokens are
     folded into the G queries (q . (W x + b) = (W^T q) . x + q . b), which costs G*heads/hidden of the
     projections (1/64 for the base model with only <s> global).
@@ -36,7 +36,10 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from longformer.dropout import keep_mask
+
 _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call
+_DROPOUT_BLOCK = 64  # queries per block with attention dropout (see _dropout_block)
 # Not cuDNN's attention: it builds a graph for every new input shape, ~4 ms per call, which at IMDb's varied
 # lengths made a GPU training step 4.6x slower (H100, measured); the memory-efficient kernel takes our masks.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -50,9 +53,9 @@ class AttentionMasks:
     key_local: Tensor  # (B, n) bool: reachable through the sliding window (valid and not global)
     global_index: Tensor  # (B, G) long: global positions first; spare slots hold distinct non-global positions
     global_present: Tensor  # (B, G) bool: the slot holds a real global token
-    # (one_sided, dtype) -> (mask, L, P), per forward
-    _window_masks: dict[tuple[int, torch.dtype | None], tuple[Tensor, int, int]] = field(default_factory=dict,
-                                                                                        repr=False)
+    # (one_sided, block, dtype) -> (mask, L, P), per forward
+    _window_masks: dict[tuple[int, int | None, torch.dtype | None], tuple[Tensor, int, int]] = field(
+        default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, attention_mask: Tensor, global_attention_mask: Tensor) -> AttentionMasks:
@@ -68,22 +71,25 @@ class AttentionMasks:
     def num_global(self) -> int:
         return self.global_index.shape[1]
 
-    def window_mask(self, one_sided: int, dtype: torch.dtype | None = None) -> tuple[Tensor, int, int]:
-        """Mask (B * blocks, 1, L, L + 2P) of the window keys, for blocks of L queries that each see P extra keys
-        per side; bool (True = attend), or additive (0 / -inf) in `dtype`. Also returns L and P."""
-        key = (one_sided, dtype)
+    def window_mask(self, one_sided: int, dtype: torch.dtype | None = None,
+                    block: int | None = None) -> tuple[Tensor, int, int]:
+        """Mask (B * blocks, 1, L, L + 2P) of the window keys, for blocks of L = `block` queries (default: one_sided,
+        which must be a multiple of L) that each see P = one_sided extra keys per side, or one dense block (L = n,
+        P = 0) when one block's window would hold the whole input anyway; bool (True = attend), or additive
+        (0 / -inf) in `dtype`. Also returns L and P."""
+        key = (one_sided, block, dtype)
         if key not in self._window_masks:
             if dtype is None:
-                self._window_masks[key] = self._build_window_mask(one_sided)
+                self._window_masks[key] = self._build_window_mask(one_sided, block or one_sided)
             else:
-                allowed, block, pad = self.window_mask(one_sided)
+                allowed, block, pad = self.window_mask(one_sided, block=block)
                 additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
                 self._window_masks[key] = additive.masked_fill(~allowed, float("-inf")), block, pad
         return self._window_masks[key]
 
-    def _build_window_mask(self, w: int) -> tuple[Tensor, int, int]:
+    def _build_window_mask(self, w: int, block: int) -> tuple[Tensor, int, int]:
         n = self.valid.shape[1]
-        block, pad = (n, 0) if n <= 3 * w else (w, w)  # one dense block for short inputs
+        block, pad = (n, 0) if n <= block + 2 * w else (block, w)
         n_pad = math.ceil(n / block) * block
         key_ok = F.pad(self.key_local, (pad, pad + n_pad - n), value=False).unfold(1, block + 2 * pad, block)
         rel = torch.arange(block + 2 * pad, device=self.valid.device)[None, :] - pad
@@ -115,7 +121,7 @@ def sliding_window_attention(x: Tensor, qkv: nn.Linear, masks: AttentionMasks, n
     in backward when it is the CPU's math kernel with dropout.
     """
     if use_banded_kernel(x):
-        mask, block, pad = masks.window_mask(one_sided, x.dtype)
+        mask, block, pad = masks.window_mask(one_sided, x.dtype, _dropout_block(one_sided) if dropout_p else None)
         seed = int(torch.randint(2**62, ())) if dropout_p else 0  # from the global RNG: torch.manual_seed rules
         return BandedAttention.apply(x, qkv.weight, qkv.bias, num_heads, mask, block, pad, masks.global_index,
                                      masks.global_present, dropout_p, seed)
@@ -127,6 +133,16 @@ def sliding_window_attention(x: Tensor, qkv: nn.Linear, masks: AttentionMasks, n
         # instead, with the same dropout mask (checkpoint restores the RNG state).
         return checkpoint(sdpa_window_attention, rows, masks, one_sided, dropout_p, use_reentrant=False)
     return sdpa_window_attention(rows, masks, one_sided, dropout_p)
+
+
+def _dropout_block(one_sided: int) -> int:
+    """Queries per block on the dropout path, a divisor of one_sided of at most _DROPOUT_BLOCK: a block of L
+    queries computes L + 2P scores per query where the band needs 2P + 1, so smaller blocks compute (and draw masks
+    for) less that is thrown away: 1.12x the band at L = 64, P = 256, against the flash kernels' 1.5x at L = P."""
+    block = one_sided
+    while block > _DROPOUT_BLOCK and block % 2 == 0:
+        block //= 2
+    return block
 
 
 def use_banded_kernel(x: Tensor) -> bool:
@@ -251,23 +267,21 @@ def _window_flash_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
 
 
 class _DropoutMasks:
-    """Which attention probabilities dropout zeroes (True), drawn from a generator seeded once per forward: backward
-    makes a fresh one from the same seed and draws them again, in the same order, instead of storing them.
-
-    Four decisions come from each 64-bit random number, as 16-bit lanes compared to a threshold (3-4x faster than
-    `bernoulli_`, which draws one number per element): p is rounded to a multiple of 2^-16, at most 7.6e-6 off.
-    The kept ones are scaled by `scale` = 1 / (1 - p), which callers apply to the smallest tensor at hand.
-    """
+    """Attention dropout's masks (`keep_mask`'s: 1 = keep, 0 = drop, in the probabilities' dtype, for a plain
+    multiply), drawn from a generator seeded once per forward: backward makes a fresh one from the same seed and
+    draws them again, in the same order, instead of storing them. Callers apply the kept ones' scale, `scale` =
+    1 / (1 - p), to the smallest tensor at hand."""
 
     def __init__(self, p: float, seed: int):
+        self.p, self.scale = p, 1 / (1 - p)
         self.generator = torch.Generator().manual_seed(seed)
-        self.threshold = round(p * 2**16) - 2**15  # a uniform int16 falls below it with probability ~p
-        self.scale = 1 / (1 - p)
+        self.words = torch.empty(0, dtype=torch.int64)  # reused: fresh memory would page-fault on every draw
 
-    def __call__(self, shape: torch.Size) -> Tensor:
-        count = math.prod(shape)
-        words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-2**63, None, generator=self.generator)
-        return words.view(torch.int16)[:count].view(shape) < self.threshold
+    def __call__(self, out: Tensor) -> Tensor:
+        """Fill out (floating point, contiguous) with the next mask; returns it."""
+        if self.words.numel() < (out.numel() + 3) // 4:
+            self.words = torch.empty((out.numel() + 3) // 4, dtype=torch.int64)
+        return keep_mask(out, self.p, self.generator, self.words)
 
 
 def _window_dropout_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float,
@@ -277,11 +291,15 @@ def _window_dropout_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale
     blocks, heads, block, head_dim = q.shape
     out = q.new_empty(blocks, block, heads, head_dim).transpose(1, 2)
     lse = q.new_empty(blocks, block, heads).transpose(1, 2)
+    scores, keep = _dropout_work(q, k, 2)
     for b in range(blocks):
-        scores = torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale)  # (H, L, L + 2P)
-        lse[b] = scores.logsumexp(-1)
-        probs = scores.sub_(lse[b].unsqueeze(-1)).exp_()
-        out[b] = (probs.masked_fill_(dropped(probs.shape), 0) @ v[b]).mul_(dropped.scale)
+        torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale, out=scores)  # (H, L, L + 2P)
+        top = scores.amax(-1, keepdim=True)
+        weights = scores.sub_(top).exp_()  # the softmax's numerators
+        total = weights.sum(-1, keepdim=True)  # (H, L, 1)
+        lse[b] = (top + total.log()).squeeze(-1)
+        # the softmax's normalisation and dropout's 1 / (1 - p) go on the output, (H, L, d)
+        out[b] = (weights.mul_(dropped(keep)) @ v[b]).mul_(dropped.scale / total)
     return out, lse
 
 
@@ -289,19 +307,27 @@ def _window_dropout_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out:
                              scale: float, dropped: _DropoutMasks, grad_q: Tensor, grad_rows: Tensor,
                              block: int) -> None:
     """As `_window_flash_backward`, with dropout, block by block: the probabilities are recomputed from the merged
-    log-sum-exp (so they are those of the softmax over the window and the global keys), the masks drawn again."""
+    log-sum-exp (so they are those of the softmax over the window and the global keys), the masks drawn again.
+    The softmax scale goes on q's and k's gradients, which are smaller than the scores."""
+    scores, keep, scratch = _dropout_work(q, k, 3)
     for b in range(q.shape[0]):
-        scores = torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale)
+        torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale, out=scores)
         probs = scores.sub_(lse[b].unsqueeze(-1)).exp_()  # (H, L, L + 2P)
-        drop = dropped(probs.shape)
+        dropped(keep)
         grad_scaled = grad[b] * dropped.scale  # (H, L, d): dropout's 1 / (1 - p) here, not on the probabilities
-        grad_v = probs.masked_fill(drop, 0).transpose(1, 2) @ grad_scaled  # (H, L + 2P, d)
+        grad_v = torch.mul(probs, keep, out=scratch).transpose(1, 2) @ grad_scaled  # (H, L + 2P, d)
         _add_windows_grad(grad_rows[:, 2], grad_v[None], block, b)
         delta = (grad[b] * out[b]).sum(-1, keepdim=True)  # softmax backward's row term, (H, L, 1)
-        grad_probs = (grad_scaled @ v[b].transpose(1, 2)).masked_fill_(drop, 0)
-        grad_scores = probs.mul_(grad_probs.sub_(delta)).mul_(scale)
-        grad_q[b] = grad_scores @ k[b]
-        _add_windows_grad(grad_rows[:, 1], (grad_scores.transpose(1, 2) @ q[b])[None], block, b)
+        grad_probs = torch.bmm(grad_scaled, v[b].transpose(1, 2), out=scratch).mul_(keep)
+        grad_scores = probs.mul_(grad_probs.sub_(delta))  # without the softmax scale
+        grad_q[b] = (grad_scores @ k[b]).mul_(scale)
+        _add_windows_grad(grad_rows[:, 1], (grad_scores.transpose(1, 2) @ q[b]).mul_(scale)[None], block, b)
+
+
+def _dropout_work(q: Tensor, k: Tensor, count: int) -> Tensor:
+    """count buffers of one block's scores, (count, H, L, L + 2P), reused by every block: fresh ones would
+    page-fault."""
+    return q.new_empty(count, *q.shape[1:3], k.shape[2])
 
 
 def _token_rows(rows: Tensor, pad: int, batch: int) -> Tensor:
@@ -347,7 +373,7 @@ def _merge_global_keys(tokens: Tensor, global_index: Tensor, present: Tensor, ou
     out.mul_((lse - merged).exp().unsqueeze(-1))
     probs = (scores - merged.unsqueeze(-1)).exp()  # (H, n_pad, G)
     if dropped:
-        out.baddbmm_(probs.masked_fill_(dropped(probs.shape), 0), v_glob, alpha=dropped.scale)
+        out.baddbmm_(probs.mul_(dropped(torch.empty_like(probs))), v_glob, alpha=dropped.scale)
     else:
         out.baddbmm_(probs, v_glob)
     lse.copy_(merged)
@@ -364,9 +390,9 @@ def _global_keys_backward(tokens: Tensor, global_index: Tensor, present: Tensor,
     grad = grad.transpose(0, 1)  # (H, n_pad, d)
     # the probabilities after dropout, grad times dropout's 1 / (1 - p), and the probabilities' gradient (H, n_pad, G)
     if dropped:
-        drop = dropped(probs.shape)
-        kept_probs, grad_scaled = probs.masked_fill(drop, 0), grad * dropped.scale
-        grad_probs = (grad_scaled @ v_glob.transpose(-1, -2)).masked_fill_(drop, 0)
+        keep = dropped(torch.empty_like(probs))
+        kept_probs, grad_scaled = probs * keep, grad * dropped.scale
+        grad_probs = (grad_scaled @ v_glob.transpose(-1, -2)).mul_(keep)
     else:
         kept_probs, grad_scaled, grad_probs = probs, grad, grad @ v_glob.transpose(-1, -2)
     grad_scores = probs * (grad_probs - delta) * scale

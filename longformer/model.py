@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from longformer.attention import AttentionMasks, LongformerSelfAttention
 from longformer.config import LongformerConfig
+from longformer.dropout import Dropout
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 _FEED_FORWARD_CHUNK_ROWS = 512  # tokens per step of activation(h) @ W^T in the forward
@@ -28,7 +29,7 @@ class Embeddings(nn.Module):
                                      padding_idx=config.pad_token_id)
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         # Positions count from pad_token_id + 1 over non-pad tokens; pad tokens get pad_token_id.
@@ -89,7 +90,7 @@ class Layer(nn.Module):
         self.ffn_out = nn.Linear(config.intermediate_size, dim)
         self.ffn_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.gelu = config.hidden_act == "gelu"  # else relu
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, x: Tensor, masks: AttentionMasks) -> Tensor:
         return self._add_and_feed_forward(self.attn(x, masks), x)
@@ -187,7 +188,7 @@ class ClassificationHead(nn.Module):
     def __init__(self, hidden_size: int, head: HeadConfig):
         super().__init__()
         self.dense = nn.Linear(hidden_size, head.dim)
-        self.dropout = nn.Dropout(head.dropout)
+        self.dropout = Dropout(head.dropout)
         self.activation = ACTIVATIONS[head.activation]()
         self.out = nn.Linear(head.dim, head.num_labels)
 

@@ -21,17 +21,21 @@ def masks_for(n: int, globals_: str) -> AttentionMasks:
     return AttentionMasks.build(attention_mask, glob)
 
 
-@pytest.mark.parametrize("dropout_p", [0.0, 0.3])  # flash kernels, or the written-out softmax with dropout
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", [5, 6, 13])  # one dense block (n <= 3w), and blocked with a padded last block
-@pytest.mark.parametrize("chunk_tokens", [1, 1024])  # backward one block per kernel call, or all at once
-def test_banded_attention_gradients_are_exact(n, globals_, chunk_tokens, dropout_p, monkeypatch):
+@pytest.mark.parametrize("dropout_p, chunk_tokens, dropout_block", [
+    (0.0, 1, 2), (0.0, 1024, 2),  # flash kernels; backward one block per kernel call, or all at once
+    (0.3, 1024, 2), (0.3, 1024, 1),  # the written-out softmax with dropout, in blocks of one_sided queries or fewer
+])
+def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, chunk_tokens, dropout_block, monkeypatch):
     """Against finite differences (with dropout: a fixed seed makes the function deterministic, so this also checks
     that backward draws the forward's masks again)."""
     monkeypatch.setattr(attention, "_BACKWARD_CHUNK_TOKENS", chunk_tokens)
+    monkeypatch.setattr(attention, "_DROPOUT_BLOCK", dropout_block)
     one_sided = 2
     masks = masks_for(n, globals_)
-    mask, block, pad = masks.window_mask(one_sided, torch.float64)
+    block = attention._dropout_block(one_sided) if dropout_p else None
+    mask, block, pad = masks.window_mask(one_sided, torch.float64, block)
     heads, dim = 2, 8
     gen = torch.Generator().manual_seed(n)
     x, weight, bias = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)

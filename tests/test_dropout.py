@@ -1,0 +1,51 @@
+"""The CPU dropout (`longformer.dropout`): the rate, the scale, the gradient, and the seeding rules of nn.Dropout."""
+
+import pytest
+import torch
+from torch import nn
+
+from longformer.dropout import Dropout, keep_mask
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_mask_keeps_at_rate_one_minus_p(p):
+    mask = keep_mask(torch.empty(1_000_003), p)  # not a multiple of 4: the last number's lanes are partly used
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    sigma = (p * (1 - p) / mask.numel()) ** 0.5
+    assert abs((1 - mask.mean().item()) - p) < 5 * sigma
+
+
+def test_dropout_zeroes_at_rate_p_scales_the_rest_and_passes_the_same_mask_back():
+    p = 0.3
+    x = torch.rand(512, 512, dtype=torch.float64) + 0.5  # no zeros of its own
+    x.requires_grad_(True)
+    out = Dropout(p).train()(x)
+    kept = out != 0
+    assert abs((1 - kept.double().mean().item()) - p) < 0.01  # 262k elements: sigma ~ 0.001
+    torch.testing.assert_close(out[kept], x[kept] / (1 - p), rtol=1e-15, atol=0)
+    grad = torch.randn_like(x)
+    out.backward(grad)
+    torch.testing.assert_close(x.grad, grad * kept / (1 - p), rtol=1e-15, atol=0)
+
+
+def test_dropout_follows_the_global_seed_and_is_identity_in_eval_or_at_zero():
+    x = torch.randn(64, 96)
+    drop = Dropout(0.2).train()
+    torch.manual_seed(3)
+    first = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), first)
+    assert not torch.equal(drop(x), first)
+    assert drop.eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+    assert isinstance(drop, nn.Dropout) and repr(drop) == repr(nn.Dropout(0.2))
+
+
+def test_dropout_gradient_against_finite_differences():
+    x = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+
+    def seeded(t):
+        torch.manual_seed(0)  # gradcheck calls the function many times: the same mask each time
+        return Dropout(0.4).train()(t)
+
+    assert torch.autograd.gradcheck(seeded, (x,))
