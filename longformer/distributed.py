@@ -6,6 +6,7 @@ A stage with `train.nproc > 1` re-launches itself under `torch.distributed.run` 
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -13,6 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+# Imported before any process group exists, on purpose: its functions take `group=group.WORLD` as a default
+# argument, so a first import after init_process_group (DistributedDataParallel imports it) would keep the default
+# group alive for good. Gloo's worker threads would then outlive `close()`, and one still releasing a finished
+# collective's tensors when Python shuts down aborts the process ("terminate called without an active exception").
+import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,10 @@ class Processes:
         return sum(self.gather(value)) / self.world
 
     def close(self) -> None:
+        """Leave the process group and free it now, joining gloo's worker threads while Python is fully alive.
+        Drop what holds the group first (a DistributedDataParallel wrapper does)."""
         if self.world > 1 and dist.is_initialized():
+            gc.collect()  # wrappers caught in reference cycles would otherwise hold the group until shutdown
             dist.destroy_process_group()
 
 

@@ -259,5 +259,6 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
         live.summary["best"] = dict(best)
         live.end()
         shutil.rmtree(resume_file.parent, ignore_errors=True)  # finished: nothing to resume
+    del ddp  # it holds the process group, which close() frees
     procs.close()
     return best

@@ -1,6 +1,8 @@
 """torchrun with 2 gloo processes on the CPU gives what one process gives with the same global batch."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,34 @@ def test_metrics_are_the_same(runs):
                 assert one[key] == pytest.approx(two[key], abs=1e-6), (path, key)
     predictions = [(runs[k] / "metrics/predictions.csv").read_text() for k in ("one", "two")]
     assert predictions[0] == predictions[1] and len(predictions[0].splitlines()) == 21  # header + 20, no duplicates
+
+
+CLOSE_A_TRAINING_GROUP = """
+import os
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from longformer.distributed import Processes
+
+procs = Processes.from_env()
+ddp = DistributedDataParallel(torch.nn.Linear(4, 4))
+ddp(torch.randn(2, 4)).sum().backward()
+procs.mean(1.0)
+del ddp
+procs.close()
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads left:", [t for t in threads if "gloo" in t])
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the threads from Linux's /proc")
+def test_close_joins_gloos_threads(tmp_path):
+    """A gloo worker thread still alive when Python shuts down can abort the process as it releases a finished
+    collective's tensors (it did, now and then, at the end of a two-process training run): close() must free the
+    process group, and with it those threads, even after DistributedDataParallel has used it."""
+    script = tmp_path / "close.py"
+    script.write_text(CLOSE_A_TRAINING_GROUP)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             str(script)], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("gloo threads left: []") == 2, result.stdout
