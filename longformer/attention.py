@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
-from longformer.dropout import keep_mask
+from longformer.dropout import keep_mask, words_for
 
 _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call
 _DROPOUT_BLOCK = 64  # queries per block with attention dropout (see _dropout_block)
@@ -279,8 +279,8 @@ class _DropoutMasks:
 
     def __call__(self, out: Tensor) -> Tensor:
         """Fill out (floating point, contiguous) with the next mask; returns it."""
-        if self.words.numel() < (out.numel() + 3) // 4:
-            self.words = torch.empty((out.numel() + 3) // 4, dtype=torch.int64)
+        if self.words.numel() < words_for(out.numel()):
+            self.words = torch.empty(words_for(out.numel()), dtype=torch.int64)
         return keep_mask(out, self.p, self.generator, self.words)
 
 

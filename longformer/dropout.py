@@ -11,14 +11,19 @@ import torch
 from torch import Tensor, nn
 
 
+def words_for(count: int) -> int:
+    """How many int64 random numbers `keep_mask` draws for count decisions: four 16-bit lanes per number."""
+    return (count + 3) // 4
+
+
 def keep_mask(out: Tensor, p: float, generator: torch.Generator | None = None, words: Tensor | None = None) -> Tensor:
     """Fill out (contiguous) with dropout's decisions, 1 = keep (probability ~1 - p), 0 = drop; returns it.
 
     generator: None is PyTorch's global one (so `torch.manual_seed` and checkpointing's RNG replay apply).
-    words: an int64 buffer of at least ceil(out.numel() / 4) numbers to draw into, instead of a new one.
+    words: an int64 buffer of at least `words_for(out.numel())` numbers to draw into, instead of a new one.
     """
     count = out.numel()
-    needed = (count + 3) // 4
+    needed = words_for(count)
     words = torch.empty(needed, dtype=torch.int64) if words is None else words[:needed]
     words.random_(-2**63, None, generator=generator)
     threshold = round(p * 2**16) - 2**15  # a uniform int16 falls below it with probability ~p

@@ -1,4 +1,5 @@
-"""torchrun with 2 gloo processes on the CPU gives what one process gives with the same global batch."""
+"""torchrun with 2 gloo processes on the CPU gives what one process gives with the same global batch, and
+exits cleanly."""
 
 import json
 import subprocess
