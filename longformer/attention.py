@@ -21,7 +21,8 @@ How it computes it:
     CPU under dropout, where it would otherwise keep its full probabilities for backward).
   * global part: with G global tokens the `key_global`/`value_global` projections of all n tokens are
     folded into the G queries (q . (W x + b) = (W^T q) . x + q . b), which costs G*heads/hidden of the
-    projections (1/64 for the base model with only <s> global).
+    projections (1/64 for the base model with only <s> global). `BandedAttention` writes these rows over the
+    window outputs in place (no full-size scatter and gather, and their gradients, in the graph).
   * masks and global indices are built once per forward (one host sync), not per layer.
 """
 
@@ -101,8 +102,7 @@ class AttentionMasks:
 
     def gather(self, x: Tensor) -> Tensor:
         """x (B, n, ...) -> the rows of the global slots, (B, G, ...)."""
-        index = self.global_index.view(*self.global_index.shape, *([1] * (x.dim() - 2)))
-        return x.gather(1, index.expand(-1, -1, *x.shape[2:]))
+        return gather_rows(x, self.global_index)
 
     def put_global(self, x: Tensor, global_rows: Tensor) -> Tensor:
         """Replace the rows of x (B, n, D) at global positions by global_rows (B, G, D)."""
@@ -112,27 +112,36 @@ class AttentionMasks:
         return x.scatter(1, self.global_index[..., None].expand_as(rows), rows)
 
 
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, n, ...), index (B, G) -> x's rows at index, (B, G, ...)."""
+    index = index.view(*index.shape, *([1] * (x.dim() - 2)))
+    return x.gather(1, index.expand(-1, -1, *x.shape[2:]))
+
+
 def sliding_window_attention(x: Tensor, qkv: nn.Linear, masks: AttentionMasks, num_heads: int, one_sided: int,
-                             dropout_p: float = 0.0) -> Tensor:
-    """x (B, n, D) -> (B, n, H, d): the fused q/k/v projection, then every token over its window and the global keys.
+                             dropout_p: float = 0.0, global_rows: Tensor | None = None) -> Tensor:
+    """x (B, n, D) -> (B, n, D): the fused q/k/v projection, then every token over its window and the global keys;
+    the global tokens' rows are then `global_rows` (B, G, D), their outputs from `global_attention`.
 
     On the CPU (without autocast): `BandedAttention` (no copies of q/k/v or of the windows, less saved for
-    backward). Elsewhere (GPU, autocast): one `scaled_dot_product_attention` call over copied windows, recomputed
-    in backward when it is the CPU's math kernel with dropout.
+    backward, the global rows written in place). Elsewhere (GPU, autocast): one `scaled_dot_product_attention` call
+    over copied windows, recomputed in backward when it is the CPU's math kernel with dropout.
     """
     if use_banded_kernel(x):
         mask, block, pad = masks.window_mask(one_sided, x.dtype, _dropout_block(one_sided) if dropout_p else None)
         seed = int(torch.randint(2**62, ())) if dropout_p else 0  # from the global RNG: torch.manual_seed rules
         return BandedAttention.apply(x, qkv.weight, qkv.bias, num_heads, mask, block, pad, masks.global_index,
-                                     masks.global_present, dropout_p, seed)
+                                     masks.global_present, dropout_p, seed, global_rows).flatten(2)
     batch, n, dim = x.shape
     rows = qkv(x).view(batch, n, 3, num_heads, dim // num_heads)
     if dropout_p and x.device.type == "cpu" and torch.is_grad_enabled():
         # On the CPU under autocast, SDPA with dropout is its math kernel, which keeps the (blocks, H, L, G + 3L)
         # scores, probabilities and dropout mask for backward (~0.5 GB a layer at 4096 tokens): recompute them
         # instead, with the same dropout mask (checkpoint restores the RNG state).
-        return checkpoint(sdpa_window_attention, rows, masks, one_sided, dropout_p, use_reentrant=False)
-    return sdpa_window_attention(rows, masks, one_sided, dropout_p)
+        out = checkpoint(sdpa_window_attention, rows, masks, one_sided, dropout_p, use_reentrant=False)
+    else:
+        out = sdpa_window_attention(rows, masks, one_sided, dropout_p)
+    return out.flatten(2) if global_rows is None else masks.put_global(out.flatten(2), global_rows)
 
 
 def _dropout_block(one_sided: int) -> int:
@@ -188,14 +197,17 @@ class BandedAttention(torch.autograd.Function):
     q, k and v straight into these rows, so no separate qkv tensor is made and copied. The G global keys,
     which every query also sees, are a small dense attention, merged in through the log-sum-exps. In
     backward, the flash kernel given the merged output and log-sum-exp yields exactly the window part of
-    the gradients (the softmax is over the union); the global part is done densely.
+    the gradients (the softmax is over the union); the global part is done densely. The global queries' rows
+    of the output are then `global_rows` (their outputs from `global_attention`), written in place; their
+    log-sum-exps are set to +inf, so backward recomputes their window probabilities as 0.
     Saved: the input x, the padded q, k, v rows and the output; the windows are never materialised. Dropout's
     masks are not saved either: backward draws them again from the same seed (`_DropoutMasks`).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, heads: int, mask: Tensor, block: int, pad: int,
-                global_index: Tensor, global_present: Tensor, dropout_p: float = 0.0, seed: int = 0) -> Tensor:
+                global_index: Tensor, global_present: Tensor, dropout_p: float = 0.0, seed: int = 0,
+                global_rows: Tensor | None = None) -> Tensor:
         batch, n, dim = x.shape
         head_dim = dim // heads
         n_pad = math.ceil(n / block) * block
@@ -219,6 +231,9 @@ class BandedAttention(torch.autograd.Function):
             for i in range(batch):
                 _merge_global_keys(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i], scale,
                                    dropped)
+                if global_rows is not None:
+                    _put_global_rows(global_rows[i].view(-1, heads, head_dim), global_index[i], global_present[i],
+                                     out_tokens[i], lse_tokens[i])
         ctx.save_for_backward(x, weight, rows, mask, out, lse, global_index, global_present)
         ctx.block, ctx.pad, ctx.scale, ctx.dropout_p, ctx.seed = block, pad, scale, dropout_p, seed
         return out_tokens[:, :n]
@@ -248,7 +263,10 @@ class BandedAttention(torch.autograd.Function):
                                       grad[i], grad_tokens[i], scale, dropped)
         grad_qkv = grad_tokens[:, :n].reshape(batch * n, -1)  # (B n, 3 D); a copy only if sequences were padded
         grad_x = (grad_qkv @ weight).view(x.shape)
-        return (grad_x, grad_qkv.T @ x.reshape(batch * n, -1), grad_qkv.sum(0)) + (None,) * 8
+        grad_global_rows = None
+        if ctx.needs_input_grad[11]:  # the output's global rows were global_rows: theirs is the output's gradient
+            grad_global_rows = torch.where(global_present[..., None], gather_rows(grad_out, global_index).flatten(2), 0)
+        return (grad_x, grad_qkv.T @ x.reshape(batch * n, -1), grad_qkv.sum(0)) + (None,) * 8 + (grad_global_rows,)
 
 
 def _window_flash_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor,
@@ -379,6 +397,15 @@ def _merge_global_keys(tokens: Tensor, global_index: Tensor, present: Tensor, ou
     lse.copy_(merged)
 
 
+def _put_global_rows(rows: Tensor, global_index: Tensor, present: Tensor, out: Tensor, lse: Tensor) -> None:
+    """Write one sequence's global rows (G, H, d) over its global queries' rows of out (n_pad, H, d), in place, and set
+    their log-sum-exps (lse, (n_pad, H)) to +inf: backward then recomputes their probabilities as 0, so the replaced
+    window outputs pass no gradient. Spare slots write back what was there."""
+    keep = present[:, None]  # (G, 1)
+    out.index_copy_(0, global_index, torch.where(keep[..., None], rows, out[global_index]))
+    lse.index_copy_(0, global_index, lse[global_index].masked_fill(keep, float("inf")))
+
+
 def _global_keys_backward(tokens: Tensor, global_index: Tensor, present: Tensor, out: Tensor, lse: Tensor,
                           grad: Tensor, grad_tokens: Tensor, scale: float,
                           dropped: _DropoutMasks | None = None) -> None:
@@ -446,10 +473,8 @@ class LongformerSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, masks: AttentionMasks) -> Tensor:
         dropout_p = self.dropout if self.training else 0.0
-        out = sliding_window_attention(x, self.qkv, masks, self.num_heads, self.one_sided, dropout_p).flatten(2)
-        if masks.num_global:
-            out = masks.put_global(out, self.global_rows(x, masks))
-        return out
+        global_rows = self.global_rows(x, masks) if masks.num_global else None
+        return sliding_window_attention(x, self.qkv, masks, self.num_heads, self.one_sided, dropout_p, global_rows)
 
     def global_rows(self, x: Tensor, masks: AttentionMasks) -> Tensor:
         """x (B, n, D) -> attention outputs of the global tokens only, (B, G, D)."""

@@ -38,19 +38,24 @@ def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, chunk_toke
     mask, block, pad = masks.window_mask(one_sided, torch.float64, block)
     heads, dim = 2, 8
     gen = torch.Generator().manual_seed(n)
-    x, weight, bias = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
-                       for shape in ((2, n, dim), (3 * dim, dim), (3 * dim,)))
+    x, weight, bias, global_rows = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+                                    for shape in ((2, n, dim), (3 * dim, dim), (3 * dim,), (2, masks.num_global, dim)))
 
-    def banded(*inputs):
-        return BandedAttention.apply(*inputs, heads, mask, block, pad, masks.global_index, masks.global_present,
-                                     dropout_p, 123)
+    def banded(x, weight, bias, global_rows=None):
+        return BandedAttention.apply(x, weight, bias, heads, mask, block, pad, masks.global_index,
+                                     masks.global_present, dropout_p, 123, global_rows)
 
     assert torch.autograd.gradcheck(banded, (x, weight, bias))
+    if masks.num_global:  # the global tokens' rows replaced by global_rows, which take their gradient
+        assert torch.autograd.gradcheck(banded, (x, weight, bias, global_rows))
     if dropout_p:
         return
     qkv = torch.nn.functional.linear(x, weight, bias).view(2, n, 3, heads, dim // heads)
-    torch.testing.assert_close(banded(x, weight, bias), sdpa_window_attention(qkv, masks, one_sided), rtol=0,
-                               atol=1e-12)
+    window = sdpa_window_attention(qkv, masks, one_sided)
+    torch.testing.assert_close(banded(x, weight, bias), window, rtol=0, atol=1e-12)
+    if masks.num_global:
+        torch.testing.assert_close(banded(x, weight, bias, global_rows).flatten(2),
+                                   masks.put_global(window.flatten(2), global_rows), rtol=0, atol=1e-12)
 
 
 def test_banded_attention_dropout_zeroes_probabilities_and_rescales_the_rest():
@@ -105,7 +110,8 @@ def test_cpu_autocast_attention_dropout_is_recomputed_with_the_same_mask():
     def direct_sdpa(dropout_p: float):
         return sdpa_window_attention(qkv(x).view(2, n, 3, heads, dim // heads), masks, one_sided, dropout_p)
 
-    checkpointed = run(lambda: attention.sliding_window_attention(x, qkv, masks, heads, one_sided, p))
+    checkpointed = run(lambda: attention.sliding_window_attention(x, qkv, masks, heads, one_sided, p).unflatten(
+        2, (heads, dim // heads)))
     direct = run(lambda: direct_sdpa(p))
     assert not torch.equal(checkpointed[0], run(lambda: direct_sdpa(0.0))[0])  # dropout really was applied
     torch.testing.assert_close(checkpointed[0], direct[0], rtol=0, atol=0)
