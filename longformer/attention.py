@@ -264,7 +264,7 @@ class BandedAttention(torch.autograd.Function):
         grad_qkv = grad_tokens[:, :n].reshape(batch * n, -1)  # (B n, 3 D); a copy only if sequences were padded
         grad_x = (grad_qkv @ weight).view(x.shape)
         grad_global_rows = None
-        if ctx.needs_input_grad[11]:  # the output's global rows were global_rows: theirs is the output's gradient
+        if ctx.needs_input_grad[-1]:  # global_rows, the output's global rows: theirs is the output's gradient
             grad_global_rows = torch.where(global_present[..., None], gather_rows(grad_out, global_index).flatten(2), 0)
         return (grad_x, grad_qkv.T @ x.reshape(batch * n, -1), grad_qkv.sum(0)) + (None,) * 8 + (grad_global_rows,)
 
