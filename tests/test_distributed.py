@@ -72,8 +72,9 @@ procs.mean(1.0)
 del ddp
 procs.close()
 threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-with open(os.path.join(os.path.dirname(__file__), f"rank{procs.rank}.txt"), "w") as out:  # one file each: prints
-    out.write(repr([t for t in threads if "gloo" in t]))  # of two processes into one pipe can interleave
+# one file per process: two processes' prints into one pipe can interleave
+with open(os.path.join(os.path.dirname(__file__), f"rank{procs.rank}.txt"), "w") as out:
+    out.write(repr([t for t in threads if "gloo" in t]))
 """
 
 
