@@ -14,9 +14,10 @@ How it computes it:
   * on the CPU (without autocast), `BandedAttention` writes the fused q/k/v projection straight into a padded
     row layout, runs PyTorch's flash-attention kernels on overlapping strided views of its keys and values, so
     the windows are never copied, and merges in the global keys through log-sum-exps; it saves only the input,
-    q, k, v and the output for backward. With attention dropout, which those kernels lack, the same layout
-    goes in smaller blocks (64 queries: less computed outside the band), one at a time, with the softmax
-    written out, and backward draws the dropout masks again from the forward's seed. Elsewhere (GPU, autocast)
+    q, k, v and the output for backward. Its blocks are smaller than w where that measured faster (fewer
+    scores outside the band; see `_query_block`). With attention dropout, which those kernels lack, the same
+    layout goes in blocks of 64 queries, one at a time, with the softmax written out, and backward draws the
+    dropout masks again from the forward's seed. Elsewhere (GPU, autocast)
     one `scaled_dot_product_attention` call runs over copied windows plus global keys (checkpointed on the
     CPU under dropout, where it would otherwise keep its full probabilities for backward).
   * global part: with G global tokens the `key_global`/`value_global` projections of all n tokens are
@@ -38,9 +39,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from longformer.dropout import keep_mask, words_for
+from longformer.matmul import Linear, linear_into, mm, weight_grad
 
 _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call
-_DROPOUT_BLOCK = 64  # queries per block with attention dropout (see _dropout_block)
+# Queries per block, at most (see _query_block), by what each path computes fastest at 4096 tokens (base shape):
+_DROPOUT_BLOCK = 64  # the written-out softmax with attention dropout: the least computed outside the band
+_FORWARD_BLOCK = 64  # the flash kernel's forward alone: 53 ms a layer, against 64 ms for blocks of 256
+_TRAINING_BLOCK = 128  # its forward + backward: 214 ms a layer, against 225 ms (256) and 222 ms (64)
 # Not cuDNN's attention: it builds a graph for every new input shape, ~4 ms per call, which at IMDb's varied
 # lengths made a GPU training step 4.6x slower (H100, measured); the memory-efficient kernel takes our masks.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -128,7 +133,7 @@ def sliding_window_attention(x: Tensor, qkv: nn.Linear, masks: AttentionMasks, n
     over copied windows, recomputed in backward when it is the CPU's math kernel with dropout.
     """
     if use_banded_kernel(x):
-        mask, block, pad = masks.window_mask(one_sided, x.dtype, _dropout_block(one_sided) if dropout_p else None)
+        mask, block, pad = masks.window_mask(one_sided, x.dtype, _query_block(one_sided, dropout_p))
         seed = int(torch.randint(2**62, ())) if dropout_p else 0  # from the global RNG: torch.manual_seed rules
         return BandedAttention.apply(x, qkv.weight, qkv.bias, num_heads, mask, block, pad, masks.global_index,
                                      masks.global_present, dropout_p, seed, global_rows).flatten(2)
@@ -144,12 +149,14 @@ def sliding_window_attention(x: Tensor, qkv: nn.Linear, masks: AttentionMasks, n
     return out.flatten(2) if global_rows is None else masks.put_global(out.flatten(2), global_rows)
 
 
-def _dropout_block(one_sided: int) -> int:
-    """Queries per block on the dropout path, a divisor of one_sided of at most _DROPOUT_BLOCK: a block of L
-    queries computes L + 2P scores per query where the band needs 2P + 1, so smaller blocks compute (and draw masks
-    for) less that is thrown away: 1.12x the band at L = 64, P = 256, against the flash kernels' 1.5x at L = P."""
+def _query_block(one_sided: int, dropout_p: float) -> int:
+    """Queries per block of `BandedAttention`: the largest divisor of one_sided (halving it) of at most the block
+    its path runs fastest with. A block of L queries computes L + 2P scores per query where the band needs
+    2P + 1 (at P = 256: 1.5x the band at L = 256, 1.25x at 128, 1.12x at 64), but the flash kernels' own products
+    get smaller too: in backward, below 128 queries that costs more than it saves."""
+    most = _DROPOUT_BLOCK if dropout_p else _TRAINING_BLOCK if torch.is_grad_enabled() else _FORWARD_BLOCK
     block = one_sided
-    while block > _DROPOUT_BLOCK and block % 2 == 0:
+    while block > most and block % 2 == 0:
         block //= 2
     return block
 
@@ -216,7 +223,7 @@ class BandedAttention(torch.autograd.Function):
         rows[rows.shape[0] - pad:] = 0
         tokens = _token_rows(rows, pad, batch)  # (B, n_pad, 3, H, d)
         for i in range(batch):
-            torch.addmm(bias, x[i], weight.T, out=tokens[i, :n].view(n, 3 * dim))  # q, k, v of sequence i
+            linear_into(tokens[i, :n].view(n, 3 * dim), x[i], weight, bias)  # q, k, v of sequence i
         tokens[:, n:] = 0
         scale = head_dim ** -0.5
         q, k, v = _blocked(rows, block, pad)
@@ -262,11 +269,12 @@ class BandedAttention(torch.autograd.Function):
                 _global_keys_backward(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i],
                                       grad[i], grad_tokens[i], scale, dropped)
         grad_qkv = grad_tokens[:, :n].reshape(batch * n, -1)  # (B n, 3 D); a copy only if sequences were padded
-        grad_x = (grad_qkv @ weight).view(x.shape)
+        grad_x = mm(grad_qkv, weight).view(x.shape)
         grad_global_rows = None
         if ctx.needs_input_grad[-1]:  # global_rows, the output's global rows: theirs is the output's gradient
             grad_global_rows = torch.where(global_present[..., None], gather_rows(grad_out, global_index).flatten(2), 0)
-        return (grad_x, grad_qkv.T @ x.reshape(batch * n, -1), grad_qkv.sum(0)) + (None,) * 8 + (grad_global_rows,)
+        grad_weight = weight_grad(grad_qkv, x.reshape(batch * n, -1))
+        return (grad_x, grad_weight, grad_qkv.sum(0)) + (None,) * 8 + (grad_global_rows,)
 
 
 def _window_flash_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor,
@@ -466,10 +474,10 @@ class LongformerSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.one_sided = window // 2
         self.dropout = dropout
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)  # query, key, value fused into one matmul
-        self.query_global = nn.Linear(hidden_size, hidden_size)
-        self.key_global = nn.Linear(hidden_size, hidden_size)
-        self.value_global = nn.Linear(hidden_size, hidden_size)
+        self.qkv = Linear(hidden_size, 3 * hidden_size)  # query, key, value fused into one matmul
+        self.query_global = Linear(hidden_size, hidden_size)
+        self.key_global = Linear(hidden_size, hidden_size)
+        self.value_global = Linear(hidden_size, hidden_size)
 
     def forward(self, x: Tensor, masks: AttentionMasks) -> Tensor:
         dropout_p = self.dropout if self.training else 0.0

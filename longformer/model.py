@@ -13,9 +13,10 @@ from torch.utils.checkpoint import checkpoint
 from longformer.attention import AttentionMasks, LongformerSelfAttention
 from longformer.config import LongformerConfig
 from longformer.dropout import Dropout
+from longformer.matmul import Linear, linear_activation, linear_add, linear_into, weight_grad
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
-_FEED_FORWARD_CHUNK_ROWS = 512  # tokens per step of activation(h) @ W^T in the forward
+_FEED_FORWARD_CHUNK_ROWS = 512  # tokens per step of the feed-forward's second product in the forward
 
 
 class Embeddings(nn.Module):
@@ -48,7 +49,8 @@ class ActivationLinear(torch.autograd.Function):
     activations by about a fifth, for one cheap elementwise recompute. The forward goes a few hundred rows
     at a time, so activation(h) is never whole: its chunk stays in cache and no fresh full-size tensor
     (page faults) is made. Backward reuses one buffer of h's size for activation(h), its gradient and h's
-    gradient (chunking it would make the weight gradient a sum of small, slower products).
+    gradient. (Going a part of the rows at a time in backward too, with the weight gradient summed over the
+    parts, measured no faster: 13.45 vs 13.78 s and 6.88 vs 6.78 s a step at 4096 tokens on two days.)
     """
 
     @staticmethod
@@ -59,7 +61,7 @@ class ActivationLinear(torch.autograd.Function):
         y = rows.new_empty(rows.shape[0], weight.shape[0])  # (N, D)
         for first in range(0, rows.shape[0], _FEED_FORWARD_CHUNK_ROWS):
             part = slice(first, first + _FEED_FORWARD_CHUNK_ROWS)
-            torch.addmm(bias, F.gelu(rows[part]) if gelu else F.relu(rows[part]), weight.T, out=y[part])
+            linear_into(y[part], F.gelu(rows[part]) if gelu else F.relu(rows[part]), weight, bias)
         return y.view(*h.shape[:-1], -1)
 
     @staticmethod
@@ -68,8 +70,8 @@ class ActivationLinear(torch.autograd.Function):
         grad_y = grad_y.reshape(-1, grad_y.shape[-1])  # (N, D)
         buffer = F.gelu(h) if ctx.gelu else F.relu(h)  # activation(h), (..., inner)
         flat = buffer.view(grad_y.shape[0], -1)  # (N, inner), the same memory
-        grad_weight = grad_y.T @ flat
-        torch.mm(grad_y, weight, out=flat)  # now the activation's gradient
+        grad_weight = weight_grad(grad_y, flat)
+        linear_into(flat, grad_y, weight.T, None)  # grad_y @ weight: now the activation's gradient
         if ctx.gelu:
             torch.ops.aten.gelu_backward.grad_input(buffer, h, grad_input=buffer)  # in place: now h's gradient
         else:
@@ -84,10 +86,10 @@ class Layer(nn.Module):
         super().__init__()
         dim = config.hidden_size
         self.attn = LongformerSelfAttention(dim, config.num_heads, window, config.attention_dropout)
-        self.attn_out = nn.Linear(dim, dim)
+        self.attn_out = Linear(dim, dim)
         self.attn_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.ffn_in = nn.Linear(dim, config.intermediate_size)
-        self.ffn_out = nn.Linear(config.intermediate_size, dim)
+        self.ffn_in = Linear(dim, config.intermediate_size)
+        self.ffn_out = Linear(config.intermediate_size, dim)
         self.ffn_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.gelu = config.hidden_act == "gelu"  # else relu
         self.dropout = Dropout(config.hidden_dropout)
@@ -100,13 +102,27 @@ class Layer(nn.Module):
         return self._add_and_feed_forward(self.attn.global_rows(x, masks), masks.gather(x))
 
     def _add_and_feed_forward(self, attended: Tensor, residual: Tensor) -> Tensor:
+        if not (self.training or torch.is_grad_enabled()):
+            return self._add_and_feed_forward_inference(attended, residual)
         x = self.attn_norm(residual + self.dropout(self.attn_out(attended)))
-        h = self.ffn_in(x)
-        if torch.is_autocast_enabled(h.device.type):  # the plain modules: autocast picks their dtypes
-            y = self.ffn_out(F.gelu(h) if self.gelu else F.relu(h))
+        if torch.is_autocast_enabled(x.device.type):  # the plain modules: autocast picks their dtypes
+            y = self.ffn_out(F.gelu(self.ffn_in(x)) if self.gelu else F.relu(self.ffn_in(x)))
         else:
-            y = ActivationLinear.apply(h, self.ffn_out.weight, self.ffn_out.bias, self.gelu)
+            y = ActivationLinear.apply(self.ffn_in(x), self.ffn_out.weight, self.ffn_out.bias, self.gelu)
         return self.ffn_norm(x + self.dropout(y))
+
+    def _add_and_feed_forward_inference(self, attended: Tensor, residual: Tensor) -> Tensor:
+        """The same without dropout or autograd, the feed-forward a few hundred rows at a time: h (4x the hidden
+        states) is never whole, so no fresh full-size tensor page-faults and each part stays in cache, and the
+        products apply the activation and the residual adds themselves (~13% faster at 4096 tokens, base)."""
+        rows = residual.reshape(-1, residual.shape[-1])  # (N, D)
+        x = self.attn_norm(linear_add(attended.reshape(rows.shape), self.attn_out.weight, self.attn_out.bias, rows))
+        out = torch.empty_like(x)
+        for first in range(0, x.shape[0], _FEED_FORWARD_CHUNK_ROWS):
+            part = slice(first, first + _FEED_FORWARD_CHUNK_ROWS)
+            h = linear_activation(x[part], self.ffn_in.weight, self.ffn_in.bias, "gelu" if self.gelu else "relu")
+            out[part] = linear_add(h, self.ffn_out.weight, self.ffn_out.bias, x[part])
+        return self.ffn_norm(out).view(residual.shape)
 
 
 class LongformerModel(nn.Module):
@@ -187,10 +203,10 @@ class HeadConfig:
 class ClassificationHead(nn.Module):
     def __init__(self, hidden_size: int, head: HeadConfig):
         super().__init__()
-        self.dense = nn.Linear(hidden_size, head.dim)
+        self.dense = Linear(hidden_size, head.dim)
         self.dropout = Dropout(head.dropout)
         self.activation = ACTIVATIONS[head.activation]()
-        self.out = nn.Linear(head.dim, head.num_labels)
+        self.out = Linear(head.dim, head.num_labels)
 
     def forward(self, cls: Tensor) -> Tensor:
         return self.out(self.dropout(self.activation(self.dropout(self.dense(cls)))))

@@ -23,19 +23,19 @@ def masks_for(n: int, globals_: str) -> AttentionMasks:
 
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", [5, 6, 13])  # one dense block (n <= 3w), and blocked with a padded last block
-@pytest.mark.parametrize("dropout_p, chunk_tokens, dropout_block", [
-    (0.0, 1, 2), (0.0, 1024, 2),  # flash kernels; backward one block per kernel call, or all at once
-    (0.3, 1024, 2), (0.3, 1024, 1),  # the written-out softmax with dropout, in blocks of one_sided queries or fewer
-])
-def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, chunk_tokens, dropout_block, monkeypatch):
+@pytest.mark.parametrize("dropout_p, chunk_tokens, block_at_most", [
+    (0.0, 1, 2), (0.0, 1024, 2), (0.0, 1024, 1),  # flash kernels; backward one block per kernel call, or all at once
+    (0.3, 1024, 2), (0.3, 1024, 1),  # the written-out softmax with dropout
+])  # blocks of one_sided queries, or fewer
+def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, chunk_tokens, block_at_most, monkeypatch):
     """Against finite differences (with dropout: a fixed seed makes the function deterministic, so this also checks
     that backward draws the forward's masks again)."""
     monkeypatch.setattr(attention, "_BACKWARD_CHUNK_TOKENS", chunk_tokens)
-    monkeypatch.setattr(attention, "_DROPOUT_BLOCK", dropout_block)
+    monkeypatch.setattr(attention, "_DROPOUT_BLOCK", block_at_most)
+    monkeypatch.setattr(attention, "_TRAINING_BLOCK", block_at_most)
     one_sided = 2
     masks = masks_for(n, globals_)
-    block = attention._dropout_block(one_sided) if dropout_p else None
-    mask, block, pad = masks.window_mask(one_sided, torch.float64, block)
+    mask, block, pad = masks.window_mask(one_sided, torch.float64, attention._query_block(one_sided, dropout_p))
     heads, dim = 2, 8
     gen = torch.Generator().manual_seed(n)
     x, weight, bias, global_rows = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)

@@ -1,0 +1,116 @@
+"""The model's matrix products on oneDNN, on the CPU in fp32.
+
+PyTorch's CPU matmul is MKL's, which on AMD processors runs its AVX2 code: on a 2-core AMD EPYC Zen 5, ~210-235
+GFLOP/s against ~390-520 GFLOP/s from oneDNN's AVX-512 kernels (also in every x86 PyTorch build) on the model's
+own products; on a Zen 4, whose AVX-512 units are half as wide, ~195 against ~210. Both are plain fp32
+(`bench/bench.py` prints both rates). So the linear layers' products go through oneDNN's inner-product op where
+it applies (CPU, fp32, no autocast, oneDNN enabled) and through PyTorch's own ops elsewhere (GPU, autocast,
+float64 in gradchecks).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_OUT_CHUNK_ROWS = 512  # rows per product in linear_into: a fresh output that large would page-fault
+_WEIGHT_GRAD_CHUNK_ROWS = 1024  # rows per product in weight_grad (see there)
+
+
+def use_onednn(x: Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def _inner_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x (N, K) @ weight (M, K)^T + bias on oneDNN; each operand contiguous or a transposed contiguous matrix."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def mm(a: Tensor, b: Tensor) -> Tensor:
+    """a (N, K) @ b (K, M)."""
+    return _inner_product(a, b.T, None) if use_onednn(a) else a @ b
+
+
+def weight_grad(grad_y: Tensor, x: Tensor, add_to: Tensor | None = None) -> Tensor:
+    """grad_y (N, M)^T @ x (N, K) -> (M, K), a linear layer's weight gradient, plus add_to (a weight_grad result).
+
+    On oneDNN (measured at N = 4096, the base model's shapes): making the wider of the two orientations is ~1.3x
+    faster, so the narrow one is a transposed view of the wide one; and a sum over parts of ~1024 rows, each
+    added to the last by the product itself, is ~12% faster than one product over all N rows on Zen 5 (on Zen 4,
+    0-4% slower: a training step the same within noise).
+    """
+    if not use_onednn(x):
+        return grad_y.T @ x if add_to is None else torch.addmm(add_to, grad_y.T, x)
+    wide = grad_y.shape[1] > x.shape[1]
+    a, b = (x, grad_y) if wide else (grad_y, x)
+    total = None if add_to is None else add_to.T if wide else add_to
+    for first in range(0, x.shape[0], _WEIGHT_GRAD_CHUNK_ROWS):
+        part = slice(first, first + _WEIGHT_GRAD_CHUNK_ROWS)
+        total = _inner_product(a[part].T, b[part].T, None) if total is None else \
+            torch.ops.mkldnn._linear_pointwise.binary(a[part].T, total, b[part].T, None, "add")
+    if total is None:  # no rows
+        return grad_y.T @ x
+    return total.T if wide else total
+
+
+def linear_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """out (N, M) = x (N, K) @ weight (M, K)^T + bias, a few hundred rows at a time (oneDNN's op has no `out=`, and
+    its output is copied in from small, reused buffers rather than a fresh full-size one). Returns out."""
+    if not use_onednn(x):
+        return torch.addmm(bias, x, weight.T, out=out) if bias is not None else torch.mm(x, weight.T, out=out)
+    for first in range(0, x.shape[0], _OUT_CHUNK_ROWS):
+        part = slice(first, first + _OUT_CHUNK_ROWS)
+        out[part] = _inner_product(x[part], weight, bias)
+    return out
+
+
+def linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str) -> Tensor:
+    """activation(x (N, K) @ weight (M, K)^T + bias), activation "gelu" (the exact, erf one) or "relu". Without
+    autograd, oneDNN applies it to each part of the output as it makes it, in cache."""
+    if use_onednn(x) and not torch.is_grad_enabled():
+        algorithm = "none" if activation == "gelu" else ""  # gelu's: exact (erf), not tanh
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], algorithm)
+    y = linear(x, weight, bias)
+    return F.gelu(y) if activation == "gelu" else F.relu(y)
+
+
+def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, other: Tensor) -> Tensor:
+    """x (N, K) @ weight (M, K)^T + bias + other (N, M, contiguous): without autograd, one pass on oneDNN."""
+    if use_onednn(x) and not torch.is_grad_enabled():
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, "add")
+    return linear(x, weight, bias) + other
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _inner_product(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_y = grad_y.contiguous()  # e.g. a sum's gradient is an expanded view
+        grad_x = mm(grad_y, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = weight_grad(grad_y, x) if ctx.needs_input_grad[1] else None
+        grad_bias = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear, on oneDNN where `use_onednn`."""
+    if not use_onednn(x):
+        return F.linear(x, weight, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    return _OneDNNLinear.apply(rows if rows.is_contiguous() else rows.contiguous(), weight, bias).view(
+        *x.shape[:-1], -1)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) whose product runs on oneDNN where `use_onednn`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)

@@ -1,0 +1,94 @@
+"""longformer.matmul: the linear layers' products on oneDNN (CPU, fp32) against float64 references."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longformer import matmul
+from longformer.matmul import Linear, linear_activation, linear_add, linear_into, use_onednn, weight_grad
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+
+# (rows, in, out): one part, and more rows than a part of linear_into (512) or weight_grad (1024), with the weight
+# gradient's wide orientation on either side
+SHAPES = [(5, 7, 3), (1100, 48, 96), (1100, 96, 48)]
+
+
+def assert_close_to(actual: torch.Tensor, exact: torch.Tensor) -> None:
+    """fp32 rounding: relative to the exact result's largest entry (sums of up to ~1000 products)."""
+    assert actual.dtype == torch.float32
+    scale = exact.abs().max().item()
+    torch.testing.assert_close(actual.double(), exact, rtol=0, atol=1e-5 * scale)
+
+
+def test_onednn_is_used_for_fp32_on_the_cpu_only(monkeypatch):
+    x = torch.ones(2, 3)
+    assert use_onednn(x)
+    assert not use_onednn(x.double())  # float64 (gradchecks): PyTorch's own ops
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not use_onednn(x)  # autocast picks the dtypes
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # a user's switch
+    assert not use_onednn(x)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows, k, m", SHAPES)
+def test_linear_matches_float64_forward_and_backward(rows, k, m, bias):
+    gen = torch.Generator().manual_seed(rows + k)
+    layer = Linear(k, m, bias=bias)
+    x = torch.randn(k, rows, generator=gen).T.requires_grad_()  # a transposed view: not contiguous
+    grad_y = torch.randn(rows, m, generator=gen)
+    y = layer(x)
+    y.backward(grad_y)
+
+    x64 = x.detach().double().requires_grad_()
+    w64 = layer.weight.detach().double().requires_grad_()
+    b64 = layer.bias.detach().double().requires_grad_() if bias else None
+    y64 = F.linear(x64, w64, b64)
+    y64.backward(grad_y.double())
+    assert_close_to(y, y64.detach())
+    assert_close_to(x.grad, x64.grad)
+    assert_close_to(layer.weight.grad, w64.grad)
+    if bias:
+        assert_close_to(layer.bias.grad, b64.grad)
+
+
+def test_linear_keeps_leading_dimensions_and_nn_linears_state_dict():
+    layer = Linear(6, 4)
+    assert layer(torch.randn(2, 3, 6)).shape == (2, 3, 4)
+    assert layer.state_dict().keys() == torch.nn.Linear(6, 4).state_dict().keys()
+
+
+@pytest.mark.parametrize("rows, k, m", SHAPES)
+def test_linear_into_and_weight_grad_match_float64(rows, k, m):
+    gen = torch.Generator().manual_seed(rows)
+    x, weight = torch.randn(rows, k, generator=gen), torch.randn(m, k, generator=gen)
+    bias = torch.randn(m, generator=gen)
+    out = torch.full((rows, m), float("nan"))
+    assert linear_into(out, x, weight, bias) is out
+    assert_close_to(out, F.linear(x.double(), weight.double(), bias.double()))
+    grad_y = torch.randn(rows, m, generator=gen)
+    assert_close_to(weight_grad(grad_y, x), grad_y.double().T @ x.double())
+    assert weight_grad(grad_y[:0], x[:0]).equal(torch.zeros(m, k))  # no rows: a zero gradient, not an error
+
+
+@pytest.mark.parametrize("grad_enabled", [False, True])  # oneDNN's post-ops; autograd's plain ops
+def test_linear_activation_and_add_match_the_plain_ops(grad_enabled):
+    gen = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(700, 48, generator=gen), torch.randn(96, 48, generator=gen)
+    bias = torch.randn(96, generator=gen)
+    other = torch.randn(700, 96, generator=gen)
+    exact = F.linear(x.double(), weight.double(), bias.double())
+    with torch.set_grad_enabled(grad_enabled):
+        assert_close_to(linear_activation(x, weight, bias, "gelu"), F.gelu(exact))
+        assert_close_to(linear_activation(x, weight, bias, "relu"), F.relu(exact))
+        assert_close_to(linear_add(x, weight, bias, other), exact + other.double())
+
+
+def test_the_products_run_on_onednn(monkeypatch):
+    """The fp32 CPU path really calls oneDNN's op (the figures in the README depend on it)."""
+    calls = []
+    real = matmul._inner_product
+    monkeypatch.setattr(matmul, "_inner_product", lambda *args: calls.append(1) or real(*args))
+    Linear(8, 4)(torch.randn(3, 8, requires_grad=True)).sum().backward()
+    assert len(calls) == 3  # forward, the input's gradient, the weight's gradient
