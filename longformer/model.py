@@ -67,7 +67,7 @@ class ActivationLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         h, weight = ctx.saved_tensors
-        grad_y = grad_y.reshape(-1, grad_y.shape[-1])  # (N, D)
+        grad_y = grad_y.reshape(-1, grad_y.shape[-1]).contiguous()  # (N, D); oneDNN takes no other strides
         buffer = F.gelu(h) if ctx.gelu else F.relu(h)  # activation(h), (..., inner)
         flat = buffer.view(grad_y.shape[0], -1)  # (N, inner), the same memory
         grad_weight = weight_grad(grad_y, flat)
