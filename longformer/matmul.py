@@ -18,6 +18,11 @@ _OUT_CHUNK_ROWS = 512  # rows per product in linear_into: a fresh output that la
 _WEIGHT_GRAD_CHUNK_ROWS = 1024  # rows per product in weight_grad (see there)
 
 
+def row_parts(rows: int, size: int) -> list[slice]:
+    """Slices of `size` rows (the last one shorter) covering `rows` rows: for work a part of the rows at a time."""
+    return [slice(first, first + size) for first in range(0, rows, size)]
+
+
 def use_onednn(x: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
@@ -46,8 +51,7 @@ def weight_grad(grad_y: Tensor, x: Tensor, add_to: Tensor | None = None) -> Tens
     wide = grad_y.shape[1] > x.shape[1]
     a, b = (x, grad_y) if wide else (grad_y, x)
     total = None if add_to is None else add_to.T if wide else add_to
-    for first in range(0, x.shape[0], _WEIGHT_GRAD_CHUNK_ROWS):
-        part = slice(first, first + _WEIGHT_GRAD_CHUNK_ROWS)
+    for part in row_parts(x.shape[0], _WEIGHT_GRAD_CHUNK_ROWS):
         total = _inner_product(a[part].T, b[part].T, None) if total is None else \
             torch.ops.mkldnn._linear_pointwise.binary(a[part].T, total, b[part].T, None, "add")
     if total is None:  # no rows
@@ -60,8 +64,7 @@ def linear_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> 
     its output is copied in from small, reused buffers rather than a fresh full-size one). Returns out."""
     if not use_onednn(x):
         return torch.addmm(bias, x, weight.T, out=out) if bias is not None else torch.mm(x, weight.T, out=out)
-    for first in range(0, x.shape[0], _OUT_CHUNK_ROWS):
-        part = slice(first, first + _OUT_CHUNK_ROWS)
+    for part in row_parts(x.shape[0], _OUT_CHUNK_ROWS):
         out[part] = _inner_product(x[part], weight, bias)
     return out
 

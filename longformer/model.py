@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from longformer.attention import AttentionMasks, LongformerSelfAttention
 from longformer.config import LongformerConfig
 from longformer.dropout import Dropout
-from longformer.matmul import Linear, linear_activation, linear_add, linear_into, weight_grad
+from longformer.matmul import Linear, linear_activation, linear_add, linear_into, row_parts, weight_grad
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 _FEED_FORWARD_CHUNK_ROWS = 512  # tokens per step of the feed-forward's second product in the forward
@@ -59,8 +59,7 @@ class ActivationLinear(torch.autograd.Function):
         ctx.gelu = gelu
         rows = h.reshape(-1, h.shape[-1])  # (N, inner)
         y = rows.new_empty(rows.shape[0], weight.shape[0])  # (N, D)
-        for first in range(0, rows.shape[0], _FEED_FORWARD_CHUNK_ROWS):
-            part = slice(first, first + _FEED_FORWARD_CHUNK_ROWS)
+        for part in row_parts(rows.shape[0], _FEED_FORWARD_CHUNK_ROWS):
             linear_into(y[part], F.gelu(rows[part]) if gelu else F.relu(rows[part]), weight, bias)
         return y.view(*h.shape[:-1], -1)
 
@@ -105,10 +104,11 @@ class Layer(nn.Module):
         if not (self.training or torch.is_grad_enabled()):
             return self._add_and_feed_forward_inference(attended, residual)
         x = self.attn_norm(residual + self.dropout(self.attn_out(attended)))
-        if torch.is_autocast_enabled(x.device.type):  # the plain modules: autocast picks their dtypes
-            y = self.ffn_out(F.gelu(self.ffn_in(x)) if self.gelu else F.relu(self.ffn_in(x)))
+        h = self.ffn_in(x)
+        if torch.is_autocast_enabled(h.device.type):  # the plain modules: autocast picks their dtypes
+            y = self.ffn_out(F.gelu(h) if self.gelu else F.relu(h))
         else:
-            y = ActivationLinear.apply(self.ffn_in(x), self.ffn_out.weight, self.ffn_out.bias, self.gelu)
+            y = ActivationLinear.apply(h, self.ffn_out.weight, self.ffn_out.bias, self.gelu)
         return self.ffn_norm(x + self.dropout(y))
 
     def _add_and_feed_forward_inference(self, attended: Tensor, residual: Tensor) -> Tensor:
@@ -118,8 +118,7 @@ class Layer(nn.Module):
         rows = residual.reshape(-1, residual.shape[-1])  # (N, D)
         x = self.attn_norm(linear_add(attended.reshape(rows.shape), self.attn_out.weight, self.attn_out.bias, rows))
         out = torch.empty_like(x)
-        for first in range(0, x.shape[0], _FEED_FORWARD_CHUNK_ROWS):
-            part = slice(first, first + _FEED_FORWARD_CHUNK_ROWS)
+        for part in row_parts(x.shape[0], _FEED_FORWARD_CHUNK_ROWS):
             h = linear_activation(x[part], self.ffn_in.weight, self.ffn_in.bias, "gelu" if self.gelu else "relu")
             out[part] = linear_add(h, self.ffn_out.weight, self.ffn_out.bias, x[part])
         return self.ffn_norm(out).view(residual.shape)
