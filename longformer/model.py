@@ -16,7 +16,7 @@ from longformer.dropout import Dropout
 from longformer.matmul import Linear, linear_activation, linear_add, linear_into, row_parts, weight_grad
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
-_FEED_FORWARD_CHUNK_ROWS = 512  # tokens per step of the feed-forward's second product in the forward
+_FEED_FORWARD_CHUNK_ROWS = 512  # tokens per part of the feed-forward in the forward (without autograd, both products)
 
 
 class Embeddings(nn.Module):
