@@ -28,6 +28,7 @@ from transformers import LongformerConfig as HFConfig
 from transformers import LongformerForSequenceClassification as HFClassifier
 
 from longformer import HeadConfig, LongformerClassifier, LongformerConfig
+from longformer.batching import collate, length_bucketed_batches
 from longformer.convert import rename_hf_state_dict
 from longformer.matmul import linear_into, use_onednn
 
@@ -189,12 +190,13 @@ def autocast_for(args: argparse.Namespace):
     return torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) if args.dtype == "bf16" else nullcontext()
 
 
-def forward_fn(model, ids: torch.Tensor):
+def forward_fn(model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    """The classifier's forward on ids (B, n), the <s> token global, as a call without arguments."""
     glob = torch.zeros_like(ids)
     glob[:, 0] = 1
     if isinstance(model, HFClassifier):
-        return lambda: model(input_ids=ids, global_attention_mask=glob).logits
-    return lambda: model(ids, global_attention_mask=glob)
+        return lambda: model(input_ids=ids, attention_mask=attention_mask, global_attention_mask=glob).logits
+    return lambda: model(ids, attention_mask=attention_mask, global_attention_mask=glob)
 
 
 def set_checkpointing(model, on: bool) -> None:
@@ -306,32 +308,36 @@ def _measure_cpu_memory(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def bench_imdb(models: dict, config: HFConfig, lengths: list[int], device, autocast) -> list[dict]:
-    """Training steps at batch 1 (forward, backward, the pipeline's fused AdamW) over real review lengths, as in the
-    reference runs."""
+def bench_imdb(models: dict, config: HFConfig, lengths: list[int], device, autocast,
+               batch_size: int = 1) -> list[dict]:
+    """Training steps (forward, backward, the pipeline's fused AdamW) over real review lengths: at batch 1 as in the
+    reference runs, or batched as the pipeline batches (length-bucketed, padded to each batch's longest)."""
     rows = []
     gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(3, config.vocab_size, (1, n), generator=gen).to(device) for n in lengths]
-    label = torch.zeros(1, dtype=torch.long, device=device)
+    reviews = [torch.randint(3, config.vocab_size, (n,), generator=gen).tolist() for n in lengths]
+    batches = []
+    for indices in length_bucketed_batches(lengths, batch_size, shuffle=True):
+        batch = collate([reviews[i] for i in indices], [0] * len(indices), config.pad_token_id)
+        batches.append({name: tensor.to(device) for name, tensor in batch.items()})
     for name, model in models.items():
         model.train()
         # fused, as the pipeline's (longformer.train, not imported: it needs dvclive, which GPU machines lack)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
 
         def train_steps(inputs) -> None:
-            for ids in inputs:
+            for batch in inputs:
                 with autocast:
-                    logits = forward_fn(model, ids)()
-                torch.nn.functional.cross_entropy(logits.float(), label).backward()
+                    logits = forward_fn(model, batch["input_ids"], batch["attention_mask"])()
+                torch.nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
         train_steps(batches[:1])  # warm-up (and AdamW state)
         seconds, peak = timed(lambda: train_steps(batches), device, measure_memory=device.type == "cuda")
-        rows.append(dict(model=name, reviews=len(lengths), tokens=sum(lengths), seconds=seconds,
-                         reviews_per_s=len(lengths) / seconds, peak_mb=peak / 2**20 if peak else None))
-        print(f"  {name:12s} {len(lengths)} IMDb reviews: {seconds:.1f}s, {len(lengths) / seconds:.2f} reviews/s",
-              flush=True)
+        rows.append(dict(model=name, reviews=len(lengths), tokens=sum(lengths), batch_size=batch_size,
+                         seconds=seconds, reviews_per_s=len(lengths) / seconds, peak_mb=peak / 2**20 if peak else None))
+        print(f"  {name:12s} {len(lengths)} IMDb reviews, batch {batch_size}: {seconds:.1f}s, "
+              f"{len(lengths) / seconds:.2f} reviews/s", flush=True)
         del optimizer
     return rows
 
@@ -402,6 +408,8 @@ def main() -> None:
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in both models")
     parser.add_argument("--repeats", type=int, default=2, help="time each call this many times, keep the fastest")
     parser.add_argument("--imdb-reviews", type=int, default=16, help="real reviews for the training-step figure")
+    parser.add_argument("--imdb-batch-size", type=int, default=1,
+                        help="reviews per training step (length-bucketed as in the pipeline; 1 = the reference)")
     parser.add_argument("--imdb-lengths", type=Path,
                         help="their token counts from a JSON list written by bench/imdb_sample.py, instead of "
                              "tokenizing ../shared/imdb (for machines without it)")
@@ -426,7 +434,7 @@ def main() -> None:
         lengths = imdb_token_lengths(args.imdb_reviews)
     if lengths:
         print(f"IMDb sample: {len(lengths)} reviews, {sum(lengths)} tokens, longest {max(lengths)}", flush=True)
-        imdb = bench_imdb(models, config, lengths, device, autocast)
+        imdb = bench_imdb(models, config, lengths, device, autocast, args.imdb_batch_size)
         rates.append(matmul_rates(device, dtype))
     rows = bench_lengths(models, config, args.lengths, device, autocast, args.repeats)
     rates.append(matmul_rates(device, dtype))

@@ -1,4 +1,5 @@
-"""bench/bench.py end to end at one short length: both models timed, memory measured, JSON written."""
+"""bench/bench.py end to end at one short length: both models timed, memory measured, batched training steps over
+given review lengths, JSON written."""
 
 import json
 import subprocess
@@ -10,8 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_runs_and_writes_its_summary(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "bench/bench.py", "--lengths", "64", "--imdb-reviews", "0",
-                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text(json.dumps([17, 40, 23, 31, 9]))  # two batches of 2 and one of 1, as the pipeline batches
+    result = subprocess.run([sys.executable, "bench/bench.py", "--lengths", "64", "--imdb-lengths", str(lengths),
+                             "--imdb-batch-size", "2", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     assert {(row["model"], row["tokens"]) for row in report["lengths"]} == {("transformers", 64), ("ours", 64)}
@@ -23,3 +27,6 @@ def test_bench_runs_and_writes_its_summary(tmp_path):
     assert ratios["matmul_fraction_needed_for_3x"] > 0
     assert report["summary"]["forward_backward_speedup_freed_memory_kept"]["64"] > 0
     assert "| 64 | ours |" in result.stdout
+    for row in report["imdb"]:
+        assert (row["reviews"], row["tokens"], row["batch_size"]) == (5, 120, 2) and row["reviews_per_s"] > 0
+    assert report["summary"]["imdb_reviews_per_s_speedup"] > 0
