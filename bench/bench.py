@@ -231,6 +231,15 @@ def forward_and_backward(model, ids: torch.Tensor, device, autocast, measure_mem
     return fwd_s, fwd_mem, fb_s, fb_mem
 
 
+def optimizer_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], autocast) -> None:
+    """A training step as the pipeline takes it: forward on a collated batch, cross-entropy backward, optimizer."""
+    with autocast:
+        logits = forward_fn(model, batch["input_ids"], batch["attention_mask"])()
+    torch.nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def training_step_fn(model, ids: torch.Tensor, autocast):
     """One forward+backward from no gradients, as after an optimizer's zero_grad."""
     run = forward_fn(model, ids)
@@ -326,11 +335,7 @@ def bench_imdb(models: dict, config: HFConfig, lengths: list[int], device, autoc
 
         def train_steps(inputs) -> None:
             for batch in inputs:
-                with autocast:
-                    logits = forward_fn(model, batch["input_ids"], batch["attention_mask"])()
-                torch.nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(model, optimizer, batch, autocast)
 
         train_steps(batches[:1])  # warm-up (and AdamW state)
         seconds, peak = timed(lambda: train_steps(batches), device, measure_memory=device.type == "cuda")
