@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from longformer.config import LongformerConfig
+from longformer.errors import reading
 from longformer.model import HeadConfig, LongformerClassifier, LongformerModel, load_state_dict_strict
 
 WEIGHTS_FILE = "model.safetensors"
@@ -45,7 +46,16 @@ def save_converted(config: LongformerConfig, state: dict[str, Tensor], directory
 def load_converted(directory: str | Path) -> tuple[LongformerConfig, dict[str, Tensor]]:
     directory = Path(directory)
     _require(directory, (CONFIG_FILE, WEIGHTS_FILE), "convert")
-    return LongformerConfig.from_json(directory / CONFIG_FILE), load_file(directory / WEIGHTS_FILE)
+    with reading(directory / WEIGHTS_FILE, "dvc repro -f convert"):
+        state = load_file(directory / WEIGHTS_FILE)
+    return load_converted_config(directory), state
+
+
+def load_converted_config(directory: str | Path) -> LongformerConfig:
+    directory = Path(directory)
+    _require(directory, (CONFIG_FILE,), "convert")
+    with reading(directory / CONFIG_FILE, "dvc repro -f convert"):
+        return LongformerConfig.from_json(directory / CONFIG_FILE)
 
 
 def load_encoder(directory: str | Path) -> LongformerModel:
@@ -67,7 +77,10 @@ def save_classifier(model: LongformerClassifier, directory: str | Path) -> None:
 def load_classifier(directory: str | Path) -> LongformerClassifier:
     directory = Path(directory)
     _require(directory, (CONFIG_FILE, HEAD_FILE, WEIGHTS_FILE), "train")
-    head = HeadConfig(**json.loads((directory / HEAD_FILE).read_text()))
-    model = LongformerClassifier(LongformerConfig.from_json(directory / CONFIG_FILE), head)
-    load_state_dict_strict(model, load_file(directory / WEIGHTS_FILE))
+    with reading(directory, "dvc repro -f train"):
+        head = HeadConfig(**json.loads((directory / HEAD_FILE).read_text()))
+        config = LongformerConfig.from_json(directory / CONFIG_FILE)
+        state = load_file(directory / WEIGHTS_FILE)
+    model = LongformerClassifier(config, head)
+    load_state_dict_strict(model, state)
     return model

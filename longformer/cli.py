@@ -10,11 +10,12 @@ import typer
 from longformer.checkpoint import MissingArtifactError
 from longformer.convert import CheckpointError
 from longformer.data import DataError
+from longformer.errors import UnreadableFileError
 from longformer.model import CheckpointMismatchError
 from longformer.train import TrainingError
 
 USER_ERRORS = (ValueError, CheckpointError, CheckpointMismatchError, DataError, MissingArtifactError, TrainingError,
-               FileNotFoundError)
+               UnreadableFileError, FileNotFoundError)
 
 
 def user_errors(command):

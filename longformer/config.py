@@ -7,6 +7,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Hugging Face model families the encoder is made from, and the row of the position table that their first
+# token takes: RoBERTa's families keep rows 0..pad_token_id for padding, BERT's counts from 0.
+ROBERTA_FAMILY = ("longformer", "roberta", "xlm-roberta", "camembert")
+BERT_FAMILY = ("bert",)
+DEFAULT_WINDOW = 512  # a BERT or RoBERTa has no window of its own: the Longformer paper's
+
 
 @dataclass
 class LongformerConfig:
@@ -20,27 +26,37 @@ class LongformerConfig:
     max_position_embeddings: int = 4098
     type_vocab_size: int = 1
     pad_token_id: int = 1
+    # Position row of the first token; None: pad_token_id + 1 (RoBERTa, Longformer). BERT: 0.
+    position_offset: int | None = None
     layer_norm_eps: float = 1e-5
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     hidden_act: str = "gelu"
+    # Special tokens of the tokenizer the weights were trained with (kept for export; the model reads pad only).
+    bos_token_id: int | None = 0
+    eos_token_id: int | None = 2
 
     def __post_init__(self) -> None:
+        if self.position_offset is None:
+            self.position_offset = self.pad_token_id + 1
         if isinstance(self.attention_window, int):
             self.attention_window = [self.attention_window] * self.num_layers
-        self.attention_window = [int(w) for w in self.attention_window]
+        self.attention_window = list(self.attention_window)
         if len(self.attention_window) != self.num_layers:
             raise ValueError(
                 f"attention_window has {len(self.attention_window)} entries but the model has "
                 f"{self.num_layers} layers: give one window or one per layer"
             )
         for i, w in enumerate(self.attention_window):
-            if w <= 0 or w % 2:
-                raise ValueError(f"attention_window of layer {i} must be a positive even number, got {w}")
+            if not isinstance(w, int) or isinstance(w, bool) or w <= 0 or w % 2:
+                raise ValueError(f"attention_window of layer {i} must be a positive even integer, got {w!r}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.hidden_act not in ("gelu", "relu"):
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use 'gelu' or 'relu'")
+        if self.max_length < 1:
+            raise ValueError(f"max_position_embeddings={self.max_position_embeddings} leaves no position for a token "
+                             f"(the first token takes row {self.position_offset})")
 
     @property
     def head_dim(self) -> int:
@@ -48,26 +64,38 @@ class LongformerConfig:
 
     @property
     def max_length(self) -> int:
-        """Longest input the position table covers (RoBERTa positions start at pad_token_id + 1)."""
-        return self.max_position_embeddings - self.pad_token_id - 1
+        """Longest input the position table covers."""
+        return self.max_position_embeddings - self.position_offset
 
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any]) -> LongformerConfig:
-        """Build from the fields of a Hugging Face `LongformerConfig` (its `config.json`)."""
+        """Build from the fields of a Hugging Face Longformer, BERT or RoBERTa `config.json`; a BERT or RoBERTa,
+        which has no attention window, gets the paper's 512."""
+        family = hf.get("model_type", "longformer")
+        if family not in ROBERTA_FAMILY + BERT_FAMILY:
+            raise ValueError(f"model_type {family!r} is not supported: use a Longformer, BERT or RoBERTa "
+                             f"checkpoint ({', '.join(ROBERTA_FAMILY + BERT_FAMILY)})")
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported: "
+                             "only absolute position embeddings can be turned into a Longformer")
+        pad_token_id = hf.get("pad_token_id", 1 if family in ROBERTA_FAMILY else 0)
         return cls(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             num_layers=hf["num_hidden_layers"],
             num_heads=hf["num_attention_heads"],
             intermediate_size=hf["intermediate_size"],
-            attention_window=hf["attention_window"],
+            attention_window=hf.get("attention_window", DEFAULT_WINDOW),
             max_position_embeddings=hf["max_position_embeddings"],
             type_vocab_size=hf.get("type_vocab_size", 1),
-            pad_token_id=hf.get("pad_token_id", 1),
+            pad_token_id=pad_token_id,
+            position_offset=pad_token_id + 1 if family in ROBERTA_FAMILY else 0,
             layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
             hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
             attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
             hidden_act=hf.get("hidden_act", "gelu"),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=hf.get("eos_token_id"),
         )
 
     @classmethod

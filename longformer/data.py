@@ -11,6 +11,8 @@ import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from sklearn.model_selection import train_test_split
 
+from longformer.errors import reading
+
 SAMPLE = "sample"
 SPLITS = ("train", "validation", "test")
 FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
@@ -129,6 +131,7 @@ class DataParams:
     max_length: int = 1024
     val_size: float = 0.1
     limit: int = 0  # at most this many train and test reviews (stratified); 0 = all
+    test_limit: int = 0  # at most this many test reviews; 0 = as `limit`
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -136,8 +139,10 @@ class DataParams:
             raise ValueError(f"data.max_length must be an integer >= 8, got {self.max_length!r}")
         if not 0.0 < self.val_size < 1.0:
             raise ValueError(f"data.val_size must be a fraction in (0, 1), got {self.val_size!r}")
-        if not isinstance(self.limit, int) or self.limit < 0:
-            raise ValueError(f"data.limit must be a non-negative integer (0 = all), got {self.limit!r}")
+        for name in ("limit", "test_limit"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"data.{name} must be a non-negative integer (0 = all), got {value!r}")
 
 
 def _stratified_subset(indices: np.ndarray, labels: np.ndarray, size: int | float, seed: int) -> np.ndarray:
@@ -150,16 +155,18 @@ def _stratified_subset(indices: np.ndarray, labels: np.ndarray, size: int | floa
 
 
 def tokenize(raw: DatasetDict, tokenizer, params: DataParams, model_max_length: int) -> tuple[DatasetDict, dict]:
-    """Raw text -> train / validation / test with `input_ids` (truncated to max_length) and `label`."""
+    """Raw text -> train / validation / test with `input_ids` (truncated to max_length), `label` and `text`."""
     if params.max_length > model_max_length:
-        raise ValueError(f"data.max_length={params.max_length} is above what the checkpoint's position "
-                         f"embeddings allow ({model_max_length} tokens)")
+        raise ValueError(f"data.max_length={params.max_length} is above what the converted model takes "
+                         f"({model_max_length} tokens): lower it, or extend a BERT or RoBERTa checkpoint with "
+                         "model.max_length")
     texts, labels = {}, {}
     for split in ("train", "test"):
         split_labels = np.asarray(raw[split]["label"])
         keep = np.arange(len(split_labels))
-        if params.limit:
-            keep = _stratified_subset(keep, split_labels, params.limit, params.seed)
+        limit = (params.test_limit or params.limit) if split == "test" else params.limit
+        if limit:
+            keep = _stratified_subset(keep, split_labels, limit, params.seed)
         texts[split] = [text or "" for text in raw[split].select(keep)["text"]]  # None counts as empty
         labels[split] = split_labels[keep]
     train_idx = np.arange(len(labels["train"]))
@@ -173,10 +180,12 @@ def tokenize(raw: DatasetDict, tokenizer, params: DataParams, model_max_length: 
     for split, (source, index) in parts.items():
         split_texts = texts[source] if index is None else [texts[source][i] for i in index]
         split_labels = labels[source] if index is None else labels[source][index]
-        full = tokenizer(split_texts, add_special_tokens=True)["input_ids"]
+        full = tokenizer(split_texts, add_special_tokens=True, verbose=False)["input_ids"]  # truncated below
         lengths = np.array([len(ids) for ids in full])
         ids = [x if len(x) <= params.max_length else x[:params.max_length - 1] + x[-1:] for x in full]  # keep </s>
-        out[split] = Dataset.from_dict({"input_ids": ids, "label": split_labels.astype(np.int64)})
+        # The text stays beside its tokens: baselines and error analysis read exactly these reviews.
+        out[split] = Dataset.from_dict({"input_ids": ids, "label": split_labels.astype(np.int64),
+                                        "text": split_texts})
         summary[split] = {
             "reviews": len(ids),
             "labels": {int(k): int(v) for k, v in zip(*np.unique(split_labels, return_counts=True))},
@@ -185,6 +194,16 @@ def tokenize(raw: DatasetDict, tokenizer, params: DataParams, model_max_length: 
             "empty": int(sum(1 for t in split_texts if not t.strip())),
         }
     return DatasetDict(out), summary
+
+
+def check_labels(labels: np.ndarray, num_labels: int, where: str) -> None:
+    """Labels must be 0..num_labels-1, the head's outputs: a clear error before any training, not an IndexError."""
+    found = np.unique(labels)
+    if found.size and (found.min() < 0 or found.max() >= num_labels):
+        shown = ", ".join(map(str, found[:10].tolist())) + (", ..." if found.size > 10 else "")
+        raise DataError(f"{where} has the labels {shown}, but head.num_labels={num_labels} takes labels 0 to "
+                        f"{num_labels - 1}: set head.num_labels={int(found.max()) + 1} "
+                        f"(dvc exp run -S head.num_labels={int(found.max()) + 1}) or relabel the data")
 
 
 def save_tokenized(data: DatasetDict, summary: dict, out_dir: str | Path) -> None:
@@ -197,4 +216,7 @@ def load_tokenized(directory: str | Path, split: str) -> Dataset:
     path = Path(directory) / split
     if not path.is_dir():
         raise DataError(f"{path} not found: run the tokenize stage (dvc repro tokenize) first")
-    return load_from_disk(str(path))
+    with reading(path, "dvc repro -f tokenize"):
+        data = load_from_disk(str(path))
+        data["label"]  # reads the column: a truncated file fails here, not in the middle of training
+    return data

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from longformer.batching import collate, length_bucketed_batches
 from longformer.checkpoint import load_classifier
-from longformer.data import load_tokenized
+from longformer.data import check_labels, load_tokenized
 from longformer.distributed import Processes
 from longformer.model import LongformerClassifier
 
@@ -71,6 +71,7 @@ def evaluate(train_dir: str | Path, data_dir: str | Path, metrics_file: str | Pa
     model = load_classifier(train_dir).to(procs.device)
     test = load_tokenized(data_dir, "test")
     labels = np.asarray(test["label"])
+    check_labels(labels, model.head_config.num_labels, f"the test split of {data_dir}")
     logits = predict(model, test, batch_size, desc="test", procs=procs)
     metrics = classification_metrics(logits, labels) | {"reviews": len(labels)}
     if procs.main:

@@ -20,22 +20,25 @@ _FEED_FORWARD_CHUNK_ROWS = 512  # tokens per part of the feed-forward in the for
 
 
 class Embeddings(nn.Module):
-    """Word + RoBERTa-style position + token-type embeddings, then LayerNorm and dropout."""
+    """Word + position + token-type embeddings, then LayerNorm and dropout."""
 
     def __init__(self, config: LongformerConfig):
         super().__init__()
         self.pad_token_id = config.pad_token_id
+        self.position_offset = config.position_offset
+        # RoBERTa's families keep the row below the first position for padding; BERT has no such row.
+        padding_row = config.position_offset - 1 if config.position_offset else None
         self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size,
-                                     padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size, padding_idx=padding_row)
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        # Positions count from pad_token_id + 1 over non-pad tokens; pad tokens get pad_token_id.
+        # Non-pad tokens count from position_offset; pad tokens take the padding row (row 0 where there is none):
+        # their outputs are never read.
         not_pad = input_ids.ne(self.pad_token_id).long()
-        positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad_token_id
+        positions = (torch.cumsum(not_pad, dim=1) * not_pad + self.position_offset - 1).clamp_min(0)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
@@ -143,8 +146,8 @@ class LongformerModel(nn.Module):
         (B, G, hidden) in position order, which lets the last layer skip every other token.
         """
         if input_ids.shape[1] > self.config.max_length:
-            raise ValueError(f"input has {input_ids.shape[1]} tokens; this model takes at most "
-                             f"{self.config.max_length} (max_position_embeddings={self.config.max_position_embeddings})")
+            raise ValueError(f"input has {input_ids.shape[1]} tokens; this model takes at most {self.config.max_length} "
+                             f"(max_position_embeddings={self.config.max_position_embeddings})")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if global_attention_mask is None:
@@ -162,14 +165,27 @@ class LongformerModel(nn.Module):
         return x
 
     @classmethod
-    def from_hf(cls, checkpoint: str | Path) -> LongformerModel:
-        """Convert a Hugging Face checkpoint (hub id or local directory) into our model."""
+    def from_hf(cls, checkpoint: str | Path, max_length: int | None = None,
+                attention_window: int | list[int] | None = None) -> LongformerModel:
+        """Convert a Hugging Face Longformer, BERT or RoBERTa checkpoint (hub id or local directory) into our model.
+
+        max_length (tokens) and attention_window (one for all layers, or one per layer) default to the
+        checkpoint's; a BERT or RoBERTa gets windows of 512 and, with a larger max_length, its position
+        table copied over and over (as the Longformer was made from RoBERTa).
+        """
         from longformer.convert import convert_hf_checkpoint  # the only module that imports transformers
 
-        config, state = convert_hf_checkpoint(checkpoint)
+        config, state = convert_hf_checkpoint(checkpoint, max_length, attention_window)
         model = cls(config)
         load_state_dict_strict(model, state)
         return model
+
+    def save_hf(self, directory: str | Path, tokenizer: str | Path | None = None) -> None:
+        """Write this encoder as a Hugging Face `LongformerModel` directory that `from_pretrained` loads, with the
+        tokenizer of the Hugging Face directory `tokenizer` if given."""
+        from longformer.convert import save_hf
+
+        save_hf(self.config, self.state_dict(), directory, tokenizer)
 
     @classmethod
     def load(cls, directory: str | Path) -> LongformerModel:
@@ -245,8 +261,10 @@ class LongformerClassifier(nn.Module):
         return model
 
     @classmethod
-    def from_hf(cls, checkpoint: str | Path, head: HeadConfig | None = None) -> LongformerClassifier:
-        return cls.from_encoder(LongformerModel.from_hf(checkpoint), head)
+    def from_hf(cls, checkpoint: str | Path, head: HeadConfig | None = None, max_length: int | None = None,
+                attention_window: int | list[int] | None = None) -> LongformerClassifier:
+        """A classifier around `LongformerModel.from_hf(checkpoint, max_length, attention_window)`."""
+        return cls.from_encoder(LongformerModel.from_hf(checkpoint, max_length, attention_window), head)
 
 
 class CheckpointMismatchError(ValueError):

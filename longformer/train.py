@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from longformer.batching import collate, length_bucketed_batches
 from longformer.checkpoint import load_encoder, save_classifier
-from longformer.data import load_tokenized
+from longformer.data import check_labels, load_tokenized
 from longformer.distributed import Processes
 from longformer.evaluate import autocast, classification_metrics, predict
 from longformer.model import HeadConfig, LongformerClassifier
@@ -81,13 +82,43 @@ def make_optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.A
                              fused=True)
 
 
-def run_key(model_dir: Path, data_dir: Path, head: HeadConfig, params: TrainParams) -> str:
-    """Identifies a run by its params and inputs: resume state of any other run is discarded."""
-    digest = hashlib.sha256(json.dumps([asdict(head), asdict(params)], sort_keys=True).encode())
-    for path in (model_dir / "config.json", data_dir / "summary.json"):
-        digest.update(path.read_bytes())
-    digest.update(str((model_dir / "model.safetensors").stat().st_size).encode())
+def file_tree_digest(directory: Path) -> str:
+    """sha256 over the names and contents of every file below `directory`."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
     return digest.hexdigest()
+
+
+def run_identity(model_dir: Path, data_dir: Path, head: HeadConfig, params: TrainParams) -> dict[str, str]:
+    """What a run is: its params and the content of its inputs. Resume state of any other run is discarded."""
+    settings = json.dumps([asdict(head), asdict(params)], sort_keys=True).encode()
+    return {"params": hashlib.sha256(settings).hexdigest(), "model": file_tree_digest(model_dir),
+            "data": file_tree_digest(data_dir)}
+
+
+def load_resume_state(resume_file: Path, identity: dict[str, str], inputs: dict[str, str],
+                      say: bool) -> dict | None:
+    """The state an interrupted run left in `resume_file`, if it is this run's and readable; else None, and (if
+    `say`) one line on why it is discarded. `inputs` describes each part of the identity."""
+    if not resume_file.is_file():
+        return None
+    try:
+        state = torch.load(resume_file, weights_only=True)  # tensors and plain data only: nothing in it runs
+        changed = [inputs[part] for part in identity if state["identity"].get(part) != identity[part]]
+    except Exception as error:  # torn, truncated or foreign: any unpickling error
+        if say:
+            print(f"warning: discarding {resume_file}, which cannot be read ({type(error).__name__}: "
+                  f"{str(error)[:200]}); training starts afresh", file=sys.stderr)
+        return None
+    if changed:
+        if say:
+            print(f"discarding {resume_file}: it belongs to another run ({', '.join(changed)} changed since); "
+                  "training starts afresh")
+        return None
+    return state
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -144,6 +175,8 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
     train_set, val_set = load_tokenized(data_dir, "train"), load_tokenized(data_dir, "validation")
     rows, labels = train_set["input_ids"], train_set["label"]
     val_labels = np.asarray(val_set["label"])
+    for split, split_labels in (("train", labels), ("validation", val_labels)):
+        check_labels(np.asarray(split_labels), head.num_labels, f"the {split} split of {data_dir}")
     lengths = [len(r) for r in rows]
 
     # An optimizer step takes grad_accum batches on each process: grad_accum * nproc in all.
@@ -154,10 +187,12 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_then_linear_decay(total_steps, math.ceil(params.warmup_ratio * total_steps)))
 
-    key = run_key(model_dir, data_dir, head, params)
+    identity = run_identity(model_dir, data_dir, head, params)
     position, best, best_state = Position(), {"val_accuracy": -1.0}, None
-    state = torch.load(resume_file, weights_only=False) if resume_file.is_file() else None
-    if state is not None and state["key"] == key:
+    state = load_resume_state(resume_file, identity, {"params": "the head.* or train.* params",
+                                                      "model": f"the model in {model_dir}",
+                                                      "data": f"the tokenized data in {data_dir}"}, procs.main)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -169,12 +204,10 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
             restore(state["live"], metrics_dir)
             print(f"resuming an interrupted run from {resume_file}: optimizer step {position.step} of "
                   f"{total_steps}, epoch {position.epoch + 1}")
-    elif state is not None and procs.main:
-        print(f"discarding {resume_file}: it belongs to a run with other params or inputs")
     # Only the main process logs. dvc.yaml declares metrics and plots itself, and no experiment is created
     # behind the user's back.
     live = Live(str(metrics_dir), dvcyaml=False, save_dvc_exp=False, report=None,
-                resume=state is not None and state["key"] == key) if procs.main else None
+                resume=state is not None) if procs.main else None
     if live:
         live.step = position.step
 
@@ -188,7 +221,7 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
         if not procs.main:
             return
         resume_file.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"key": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        torch.save({"identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": rng, "cuda_rng": cuda_rng,
                     "position": asdict(position), "best": best, "best_model": best_state,
                     "live": snapshot(metrics_dir)}, resume_file.with_suffix(".tmp"))

@@ -1,5 +1,6 @@
 """Stage 5: the best checkpoint on the test set -> metrics/test.json and metrics/predictions.csv."""
 
+import time
 from pathlib import Path
 
 from longformer.cli import app, user_errors
@@ -18,10 +19,12 @@ def main(params: Path = Path("params.yaml"), checkpoint: Path = Path("data/train
     """Accuracy, loss and F1 on the test set (scikit-learn), and actual/predicted pairs for a confusion plot."""
     if relaunch_under_torchrun(load_params(params).train.nproc, "stages.evaluate"):
         return
+    start = time.perf_counter()
     result = evaluate(checkpoint, data, metrics, predictions, batch_size)
     if is_main_process():
         print(f"test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, F1 {result['f1']:.4f} "
-              f"on {result['reviews']} reviews; confusion matrix {result['confusion_matrix']}")
+              f"on {result['reviews']} reviews ({time.perf_counter() - start:.0f} s); "
+              f"confusion matrix {result['confusion_matrix']}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Stage 4: fine-tune encoder + classification head -> data/train (best checkpoint), metrics/train (dvclive)."""
 
+import time
 from pathlib import Path
 
 from longformer.cli import app, user_errors
@@ -18,9 +19,11 @@ def main(params: Path = Path("params.yaml"), model: Path = Path("data/model"), d
     p = load_params(params)
     if relaunch_under_torchrun(p.train.nproc, "stages.train"):
         return
+    start = time.perf_counter()
     best = train(model, data, out, metrics, p.head, p.train)
     if is_main_process():
-        print(f"best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} (step {best['step']})")
+        print(f"best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} (step {best['step']}); "
+              f"{time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -68,8 +68,8 @@ def start_stage(module: str, workdir: Path, inputs: Path, params: dict, *args: s
             (workdir / "data" / name).symlink_to(inputs / "data" / name)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TQDM_DISABLE": "1"}
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(process) -> str:

@@ -46,11 +46,18 @@ def test_bad_params_stop_the_train_stage(inputs, tmp_path, group, key, value, me
     assert not (tmp_path / "data/train").exists() and not (tmp_path / "metrics").exists()
 
 
+def link_checkpoint(workdir: Path, inputs: Path) -> None:
+    """data/checkpoint and data/model as the download and convert stages leave them (the tokenize stage's inputs)."""
+    (workdir / "data").mkdir()
+    (workdir / "data/checkpoint").symlink_to(inputs / "checkpoint")
+    (workdir / "data/model").symlink_to(inputs / "data/model")
+
+
 def test_max_length_above_the_checkpoint(inputs, tmp_path):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data/checkpoint").symlink_to(inputs / "checkpoint")
+    link_checkpoint(tmp_path, inputs)
     output = fails_cleanly("stages.tokenize", tmp_path, inputs, with_value("data", "max_length", 5000))
-    assert "data.max_length=5000 is above what the checkpoint's position embeddings allow (1024 tokens)" in output
+    assert "data.max_length=5000 is above what the converted model takes (1024 tokens)" in output
+    assert "model.max_length" in output
     assert not (tmp_path / "data/tokenized").exists()
 
 
@@ -64,8 +71,7 @@ def test_unusable_dataset_files(inputs, tmp_path, content, message):
     data.mkdir()
     (data / "train.csv").write_text(content)
     (data / "test.csv").write_text("text,label\nfine,1\n")
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data/checkpoint").symlink_to(inputs / "checkpoint")
+    link_checkpoint(tmp_path, inputs)
     output = fails_cleanly("stages.tokenize", tmp_path, inputs, with_value("data", "dataset", str(data)))
     assert message in output
 
@@ -104,3 +110,55 @@ def test_empty_and_too_long_reviews_are_kept_and_counted(inputs):
     assert data["test"][0]["input_ids"] == [0, 2]  # <s></s>
     assert max(len(ids) for ids in data["test"]["input_ids"]) == 64
     assert all(ids[-1] == 2 for ids in data["test"]["input_ids"])  # truncation keeps </s>
+
+
+@pytest.fixture(scope="module")
+def gpt2_checkpoint(tmp_path_factory) -> Path:
+    from transformers import GPT2Config, GPT2Model
+
+    directory = tmp_path_factory.mktemp("gpt2")
+    GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32)).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("model_params, message", [
+    ({"attention_window": 5}, "model.attention_window must be a positive even number of tokens"),
+    ({"attention_window": [64, 0]}, "model.attention_window must be a positive even number of tokens"),
+    ({"attention_window": -2}, "got -2"),
+    ({"max_length": 256}, "model.max_length=256 is shorter than data.max_length=512"),
+    ({"max_length": 2048}, "is a Longformer trained on 1024 positions; it cannot take max_length=2048"),
+    ({"attention_window": [64, 64, 64]}, "attention_window has 3 entries but the model has 2 layers"),
+])
+def test_bad_long_model_params_stop_the_convert_stage(inputs, tmp_path, model_params, message):
+    (tmp_path / "data").mkdir()
+    params = json.loads(json.dumps(GOOD))
+    params["model"].update(model_params)
+    output = fails_cleanly("stages.convert", tmp_path, inputs, params, "--checkpoint", str(inputs / "checkpoint"))
+    assert message in output.replace("\n", "")
+    assert not (tmp_path / "data/model").exists()
+
+
+def test_a_family_that_cannot_be_converted(inputs, tmp_path, gpt2_checkpoint):
+    (tmp_path / "data").mkdir()
+    output = fails_cleanly("stages.convert", tmp_path, inputs, GOOD, "--checkpoint", str(gpt2_checkpoint))
+    assert "is a 'gpt2' checkpoint, which cannot be turned into a Longformer" in output.replace("\n", "")
+    assert "longformer, roberta, xlm-roberta, camembert, bert" in output.replace("\n", "")
+    assert not (tmp_path / "data/model").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty stdin", "no review to label"),
+    ("blank file", "no review to label"),
+    ("unreadable file", "cannot read"),
+    ("csv without the column", "has no 'text' column"),
+    ("no trained model", "data/train/config.json not found: run the train stage (dvc repro train) first"),
+])
+def test_predict_bad_input(inputs, tmp_path, case, message):
+    (tmp_path / "review.txt").write_text("A fine film.")
+    (tmp_path / "blank.txt").write_text("  \n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00bad")
+    (tmp_path / "reviews.csv").write_text("review\nGreat.\n")
+    args = {"empty stdin": [], "blank file": ["blank.txt"], "unreadable file": ["binary.txt"],
+            "csv without the column": ["reviews.csv"], "no trained model": ["review.txt"]}[case]
+    output = fails_cleanly("stages.predict", tmp_path, inputs, GOOD, *args)
+    assert message in output.replace("\n", "")

@@ -6,6 +6,7 @@ from transformers import LongformerModel as HFModel
 
 from longformer import LongformerModel, attention
 from longformer.convert import rename_hf_state_dict
+from tests.helpers import assert_same_gradients, grads, split_key_bias
 
 # The windows of the small model are [8, 4, 16]: one-sided 4, 2 and 8 tokens.
 LENGTHS = [3, 8, 9, 16, 17, 61]  # shorter than, equal to, one above and several times the windows
@@ -62,47 +63,11 @@ def test_forward_matches_transformers(models, n, globals_, train, kernel):
     assert (actual[valid] - expected[valid]).abs().max().item() <= 1e-5
 
 
-def grads(model) -> dict[str, torch.Tensor]:
-    return {k: p.grad if p.grad is not None else torch.zeros_like(p) for k, p in model.named_parameters()}
-
-
-def split_key_bias(grads: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Move the key biases out of a gradient dict.
-
-    A key bias adds the same q.b to all of a query's scores, which softmax ignores: its exact gradient is
-    zero and any implementation returns rounding noise (~1e-10), so relative errors on it are meaningless.
-    """
-    rest, key_bias = dict(grads), {}
-    for name in list(rest):
-        if name.endswith("attn.qkv.bias"):
-            query, key, value = rest[name].chunk(3)
-            rest[name] = torch.cat([query, value])
-            key_bias[name] = key
-        elif name.endswith("attn.key_global.bias"):
-            key_bias[name] = rest.pop(name)
-    return rest, key_bias
-
-
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", [9, 17, 61])
 def test_gradients_match_transformers(models, n, globals_, kernel):
     forward_backward(models, n, globals_)
     assert_same_gradients(*models, globals_)
-
-
-def assert_same_gradients(hf, ours, globals_: str) -> None:
-    expected, expected_key_bias = split_key_bias(rename_hf_state_dict(grads(hf)))
-    actual, actual_key_bias = split_key_bias(grads(ours))
-    errors = {k: ((actual[k] - g).norm() / g.norm()).item() if g.norm() > 0 else actual[k].norm().item()
-              for k, g in expected.items()}
-    assert max(errors.values()) <= 1e-4, sorted(errors.items(), key=lambda kv: -kv[1])[:5]
-    for name in expected_key_bias:  # analytically zero on both sides: noise, small next to its layer's weight grads
-        layer = name.split(".attn.")[0] + ".attn."
-        weight_scale = torch.stack([g.norm() for k, g in expected.items()
-                                    if k.startswith(layer) and k.endswith(".weight")]).norm()
-        assert max(expected_key_bias[name].norm(), actual_key_bias[name].norm()) <= 1e-6 * weight_scale, name
-    if globals_ != "none":
-        assert ours.layers[0].attn.key_global.weight.grad.abs().sum() > 0  # the global path is exercised
 
 
 def test_gradient_checkpointing_gives_same_gradients(models):

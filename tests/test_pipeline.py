@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 
 from longformer.checkpoint import save_converted
 from longformer.convert import convert_hf_checkpoint, download_checkpoint
-from longformer.data import DataParams, load_raw, sample_corpus, save_tokenized, tokenize
+from longformer.data import DataParams, load_raw, sample_corpus, sample_review, save_tokenized, tokenize
 from longformer.evaluate import evaluate
 from longformer.model import HeadConfig
 from longformer.params import load_params
@@ -56,20 +57,25 @@ def project(tmp_path_factory) -> Path:
 
 
 def stages_run(log: str) -> set[str]:
-    return {s for s in ("download", "convert", "tokenize", "train", "evaluate") if f"Running stage '{s}'" in log}
+    return {s for s in ("download", "convert", "tokenize", "baseline", "train", "evaluate")
+            if f"Running stage '{s}'" in log}
 
 
 def test_dvc_repro_then_experiment(project):
     log = sh("dvc repro", project)
-    assert stages_run(log) == {"download", "convert", "tokenize", "train", "evaluate"}
+    assert stages_run(log) == {"download", "convert", "tokenize", "baseline", "train", "evaluate"}
     test = json.loads((project / "metrics/test.json").read_text())
     assert test["accuracy"] >= 0.9 and 0 < test["loss"] < math.log(2) and test["f1"] >= 0.9
     assert test["reviews"] == 1000
+    baseline = json.loads((project / "metrics/baseline.json").read_text())
+    assert baseline["reviews"] == 1000 and baseline["accuracy"] >= 0.9 and baseline["train_reviews"] == 2700
     trained = json.loads((project / "metrics/train/metrics.json").read_text())
     assert trained["best"]["val_accuracy"] >= 0.9 and trained["step"] > 0
     assert (project / "metrics/train/plots/metrics/train/loss.tsv").is_file()
     assert len((project / "metrics/predictions.csv").read_text().splitlines()) == 1001
     assert sorted(p.name for p in (project / "data/model").iterdir()) == ["config.json", "model.safetensors"]
+
+    predict_trained_model(project)
 
     sh("git add -A && git commit -qm baseline", project)
     log = sh("dvc exp run -S head.dropout=0.5", project)
@@ -86,6 +92,24 @@ def test_dvc_repro_then_experiment(project):
     assert "metrics/test.json" in diff
     sh("dvc plots diff HEAD -o plots_html", project)
     assert (project / "plots_html/index.html").is_file()
+
+
+def predict_trained_model(project: Path) -> None:
+    """`python -m stages.predict` labels reviews from a text file, a CSV column and standard input, in input order,
+    as the trained classifier does on the test set."""
+    rng = random.Random(7)
+    reviews = [sample_review(rng) for _ in range(6)]
+    (project / "one.txt").write_text(reviews[0][0])
+    (project / "more.csv").write_text("review,stars\n" + "".join(f'"{text}",5\n' for text, _ in reviews[1:4]))
+    stdin = "\n".join(text for text, _ in reviews[4:]) + "\n"
+    result = subprocess.run([sys.executable, "-m", "stages.predict", "one.txt", "more.csv", "-", "--column", "review"],
+                            cwd=project, env=ENV, input=stdin, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [source for source, _, _ in lines] == ["one.txt", "more.csv:1", "more.csv:2", "more.csv:3", "stdin:1",
+                                                   "stdin:2"]
+    assert [int(label) for _, label, _ in lines] == [label for _, label in reviews]  # an easy set: all right
+    assert all(0.5 <= float(probability) <= 1 for _, _, probability in lines)
 
 
 def test_bad_param_is_a_clear_error_and_touches_nothing(project, tmp_path):

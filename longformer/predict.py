@@ -1,0 +1,75 @@
+"""Label new reviews with a trained classifier: reviews from text files, a CSV/parquet column or standard input."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from longformer.checkpoint import load_classifier
+from longformer.convert import load_tokenizer
+from longformer.data import DataError
+from longformer.evaluate import predict
+
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+@dataclass
+class Review:
+    source: str  # where it came from: a file, file:row, or stdin:line
+    text: str
+
+
+def read_reviews(inputs: Sequence[str], column: str = "text") -> list[Review]:
+    """Each text file is one review; a .csv or .parquet file gives one review per row of `column`; `-` (or no
+    input at all) reads standard input, one review per non-empty line."""
+    reviews: list[Review] = []
+    for name in inputs or ["-"]:
+        if name == "-":
+            reviews += [Review(f"stdin:{i}", line) for i, line in enumerate(sys.stdin.read().splitlines(), 1)
+                        if line.strip()]
+        elif name.endswith(TABLE_SUFFIXES):
+            reviews += _read_table(Path(name), column)
+        else:
+            try:
+                reviews.append(Review(name, Path(name).read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError) as error:
+                raise DataError(f"cannot read {name}: {error}; give UTF-8 text files, .csv or .parquet files, "
+                                "or - for standard input") from error
+    if not any(review.text.strip() for review in reviews):
+        raise DataError("no review to label: give text files (one review each), .csv or .parquet files with a "
+                        f"{column!r} column, or reviews on standard input, one per line")
+    return reviews
+
+
+def _read_table(path: Path, column: str) -> list[Review]:
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except Exception as error:  # pandas raises many types for unreadable files
+        raise DataError(f"cannot read {path}: {error}") from error
+    if column not in table.columns:
+        raise DataError(f"{path} has no {column!r} column (it has {', '.join(map(str, table.columns))}); "
+                        "name the review column with --column")
+    return [Review(f"{path}:{i}", "" if text is None or text != text else str(text))  # NaN for empty cells
+            for i, text in enumerate(table[column].tolist(), 1)]
+
+
+def classify(train_dir: str | Path, tokenizer_dir: str | Path, texts: Sequence[str], max_length: int,
+             batch_size: int = 8) -> np.ndarray:
+    """Class probabilities (N, num_labels) of the trained classifier in `train_dir`, in the order of `texts`;
+    reviews are tokenized as the tokenize stage does (truncated to max_length, the last special token kept) and
+    predicted in length-bucketed batches."""
+    model = load_classifier(train_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    max_length = min(max_length, model.config.max_length)
+    ids = [x if len(x) <= max_length else x[:max_length - 1] + x[-1:]
+           for x in tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]]
+    logits = predict(model, Dataset.from_dict({"input_ids": ids, "label": [0] * len(ids)}), batch_size)
+    return torch.from_numpy(logits).softmax(dim=1).numpy()

@@ -1,0 +1,31 @@
+"""Label new reviews with the trained classifier (data/train): not a DVC stage, a command to use the model."""
+
+from pathlib import Path
+
+import typer
+
+from longformer.cli import app, user_errors
+from longformer.params import load_params
+from longformer.predict import classify, read_reviews
+
+cli = app(__doc__)
+
+
+@cli.command()
+@user_errors
+def main(inputs: list[str] = typer.Argument(None, help="text files (one review each), .csv/.parquet files, or - "
+                                                       "for standard input (one review per line; the default)"),
+         column: str = typer.Option("text", help="the review column of .csv/.parquet inputs"),
+         params: Path = Path("params.yaml"), model: Path = Path("data/train"),
+         checkpoint: Path = Path("data/checkpoint"), batch_size: int = 8) -> None:
+    """Print one line per review: its source, the predicted label and that label's probability (tab-separated)."""
+    reviews = read_reviews(inputs or [], column)
+    probabilities = classify(model, checkpoint, [r.text for r in reviews], load_params(params).data.max_length,
+                             batch_size)
+    for review, probs in zip(reviews, probabilities):
+        label = int(probs.argmax())
+        print(f"{review.source}\t{label}\t{probs[label]:.4f}")
+
+
+if __name__ == "__main__":
+    cli()
