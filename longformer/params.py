@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,15 @@ def _typed(group: str, cls: type, values: dict) -> object:
     return cls(**values)
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where `5e-05` (no dot) is a string; DVC writes floats so (`-S train.lr=5.0e-05` comes
+    out as 5e-05) and reads them as YAML 1.2 numbers, as this loader does."""
+
+
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                    list("-+0123456789."))
+
+
 def parse_params(raw: dict | None) -> Params:
     raw = raw or {}
     groups = {f.name: f.default_factory for f in dataclasses.fields(Params)}
@@ -83,4 +93,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the stages from the project root")
-    return parse_params(yaml.safe_load(path.read_text()))
+    return parse_params(yaml.load(path.read_text(), Loader=_Yaml12Loader))

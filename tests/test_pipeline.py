@@ -155,3 +155,10 @@ def test_shipped_params_are_valid():
     assert params.model.checkpoint == "tiny" and params.data.dataset == "sample"
     assert (params.head.dim, params.head.activation, params.head.dropout) == (768, "tanh", 0.1)
     assert params.train.label_smoothing == 0.1
+
+
+def test_params_read_floats_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S train.lr=5.0e-05` leaves `lr: 5e-05` in params.yaml: a number in YAML 1.2 (DVC's reading)."""
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 5e-05\n  adam_eps: 1e-8\n")
+    params = load_params(tmp_path / "params.yaml")
+    assert params.train.lr == 5e-05 and params.train.adam_eps == 1e-08
