@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import os
 
 import typer
@@ -10,12 +11,13 @@ import typer
 from longformer.checkpoint import MissingArtifactError
 from longformer.convert import CheckpointError
 from longformer.data import DataError
+from longformer.distributed import PEER_FAILED, WorkerDiedError, is_main_process, peer_failed
 from longformer.errors import UnreadableFileError
 from longformer.model import CheckpointMismatchError
 from longformer.train import TrainingError
 
 USER_ERRORS = (ValueError, CheckpointError, CheckpointMismatchError, DataError, MissingArtifactError, TrainingError,
-               UnreadableFileError, FileNotFoundError)
+               UnreadableFileError, WorkerDiedError, FileNotFoundError)
 
 
 def user_errors(command):
@@ -28,8 +30,17 @@ def user_errors(command):
         except USER_ERRORS as error:
             if os.environ.get("LONGFORMER_TRACEBACK"):
                 raise
-            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(1) from None
+            message, status = str(error), 1
+        except Exception as error:
+            if not peer_failed(error):
+                raise
+            message, status = None, PEER_FAILED  # another process died: the launcher says which, once
+        if message and is_main_process():  # under torchrun every process meets the same error: one says it
+            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+        # The failed command's frames are gone now; what they left in reference cycles (dvclive's git objects) is
+        # freed while Python is whole: at interpreter shutdown its finalizers print "Exception ignored" tracebacks.
+        gc.collect()
+        raise typer.Exit(status)
 
     return wrapper
 

@@ -1,15 +1,17 @@
 """Several processes with torchrun: DistributedDataParallel over NCCL (GPUs) or gloo (CPU).
 
-A stage with `train.nproc > 1` re-launches itself under `torch.distributed.run` (single node); started by
+A stage with `train.nproc > 1` re-launches itself under torch's elastic launcher (single node); started by
 `torchrun` directly (e.g. on several nodes) it just joins the process group torchrun set up.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
-import subprocess
+import signal
 import sys
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -73,13 +75,55 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def quiet_launcher_logs() -> None:
+    """Silence torch elastic's own log lines (what went wrong is said once, as an `error:` line): the loggers made
+    so far, and through LOGLEVEL those it makes later."""
+    os.environ["LOGLEVEL"] = "CRITICAL"
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+class WorkerDiedError(RuntimeError):
+    """A process of a torchrun job died (killed, out of memory); the launcher stopped the others."""
+
+
+PEER_FAILED = 3  # exit status of a process whose collective failed because another process of the job died
+
+
+def peer_failed(error: BaseException) -> bool:
+    """True for the error a collective raises when another process of the job is gone (gloo: connection reset)."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1 and (
+        isinstance(error, dist.DistError) or isinstance(error, RuntimeError) and "/gloo/" in str(error))
+
+
 def relaunch_under_torchrun(nproc: int, module: str) -> bool:
-    """Run `python -m module <same args>` as `nproc` torchrun processes on this node; True if it did."""
+    """Run `python -m module <same args>` as `nproc` torchrun processes on this node; True if it did.
+
+    Each process prints its own errors; a process that died without a word (a signal) is reported here, as a
+    WorkerDiedError, once the launcher has stopped the others.
+    """
     if nproc <= 1 or "LOCAL_RANK" in os.environ:
         return False
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", module, *sys.argv[1:]]
-    result = subprocess.run(command)
-    if result.returncode:
-        raise SystemExit(result.returncode)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    quiet_launcher_logs()
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", run_id=str(uuid.uuid4()), max_restarts=0)
+    try:
+        elastic_launch(config, sys.executable)("-m", module, *sys.argv[1:])
+    except ChildFailedError as error:
+        failures = sorted(error.failures.items())
+        stopped = [(rank, f.exitcode) for rank, f in failures if f.exitcode > 0 and f.exitcode != PEER_FAILED]
+        if stopped and stopped[0][0] == 0:  # process 0 stopped on an error and has said why
+            raise SystemExit(stopped[0][1]) from None
+        if stopped:  # only process 0 prints user errors
+            raise WorkerDiedError(f"process {stopped[0][0]} of {nproc} stopped with exit status {stopped[0][1]}; "
+                                  "run with train.nproc=1 to see why") from None
+        rank, failure = next(((r, f) for r, f in failures if f.exitcode not in (-signal.SIGTERM, PEER_FAILED)),
+                             failures[0])
+        raise WorkerDiedError(f"process {rank} of {nproc} died ({failure.signal_name()}), and the others were "
+                              "stopped. Re-run the stage: training resumes from its last resumable state") from None
     return True

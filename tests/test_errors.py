@@ -1,13 +1,15 @@
 """Bad input as a new user would give it: one readable line (no traceback), exit 1, nothing touched."""
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
 
 from longformer.data import DataParams, sample_dataset, tokenize
-from tests.conftest import prepare_inputs, start_stage
+from tests.conftest import finish, prepare_inputs, start_stage
 
 GOOD = {"model": {"checkpoint": "tiny"}, "data": {"dataset": "sample", "max_length": 512},
         "head": {"dim": 32}, "train": {"epochs": 1}}
@@ -162,3 +164,64 @@ def test_predict_bad_input(inputs, tmp_path, case, message):
             "csv without the column": ["reviews.csv"], "no trained model": ["review.txt"]}[case]
     output = fails_cleanly("stages.predict", tmp_path, inputs, GOOD, *args)
     assert message in output.replace("\n", "")
+
+
+def test_labels_beyond_the_head_stop_training_before_it_starts(inputs, tmp_path):
+    """In a git repository with packed objects, as a project is: dvclive reads it with dulwich, whose objects, if
+    still alive at interpreter shutdown, print "Exception ignored" tracebacks after the error."""
+    git = "git -c user.name=t -c user.email=t@t"
+    subprocess.run(f"git init -q && {git} commit -q --allow-empty -m init && git gc -q", shell=True, cwd=tmp_path,
+                   check=True)
+    assert list((tmp_path / ".git/objects/pack").glob("*.idx"))
+    data = tmp_path / "reviews"
+    data.mkdir()
+    rows = "".join(f"review number {i} is {'good' if i % 3 else 'bad'},{i % 3}\n" for i in range(30))
+    (data / "train.csv").write_text("text,label\n" + rows)
+    (data / "test.csv").write_text("text,label\n" + rows)
+    link_checkpoint(tmp_path, inputs)
+    params = with_value("data", "dataset", str(data))
+    finish(start_stage("stages.tokenize", tmp_path, inputs, params))
+    output = fails_cleanly("stages.train", tmp_path, inputs, params)
+    assert "has the labels 0, 1, 2, but head.num_labels=2 takes labels 0 to 1: set head.num_labels=3" in output
+    assert not (tmp_path / "data/train").exists() and not (tmp_path / "metrics").exists()
+
+
+def copy_of(workdir: Path, inputs: Path, *names: str) -> None:
+    """data/<name> copied from the inputs (to be damaged), the rest of data/ linked."""
+    (workdir / "data").mkdir()
+    for name in ("checkpoint", "model", "tokenized", "train"):
+        source = inputs / "checkpoint" if name == "checkpoint" else inputs / "data" / name
+        if name in names:
+            shutil.copytree(source, workdir / "data" / name)
+        elif source.exists():
+            (workdir / "data" / name).symlink_to(source)
+
+
+def truncate(path: Path, size: int = 100) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("stage, file, named, rebuild", [
+    ("stages.convert", "checkpoint/model.safetensors", "checkpoint", "dvc repro -f download"),
+    ("stages.tokenize", "checkpoint/tokenizer.json", "checkpoint", "dvc repro -f download"),
+    ("stages.train", "model/model.safetensors", "model/model.safetensors", "dvc repro -f convert"),
+    ("stages.tokenize", "model/config.json", "model/config.json", "dvc repro -f convert"),
+    ("stages.train", "tokenized/train/data-00000-of-00001.arrow", "tokenized/train", "dvc repro -f tokenize"),
+    ("stages.evaluate", "train/model.safetensors", "train", "dvc repro -f train"),
+])
+def test_unreadable_inputs_are_named_with_the_command_that_rebuilds_them(trained, tmp_path, stage, file, named,
+                                                                           rebuild):
+    copy_of(tmp_path, trained, file.split("/")[0])
+    truncate(tmp_path / "data" / file)
+    output = fails_cleanly(stage, tmp_path, trained, GOOD)
+    assert f"data/{named} cannot be read" in output and f"rebuild it with `{rebuild}`" in output, output
+
+
+@pytest.fixture(scope="module")
+def trained(inputs, tmp_path_factory) -> Path:
+    """The inputs plus data/train, as the train stage leaves it."""
+    workdir = tmp_path_factory.mktemp("trained")
+    finish(start_stage("stages.train", workdir, inputs, GOOD))
+    shutil.copytree(workdir / "data/train", inputs / "data/train")
+    return inputs
