@@ -186,14 +186,22 @@ def test_labels_beyond_the_head_stop_training_before_it_starts(inputs, tmp_path)
     assert not (tmp_path / "data/train").exists() and not (tmp_path / "metrics").exists()
 
 
-def copy_of(workdir: Path, inputs: Path, *names: str) -> None:
-    """data/<name> copied from the inputs (to be damaged), the rest of data/ linked."""
+STAGE_FILES = {  # what each stage reads from data/, and what it writes
+    "stages.convert": (("checkpoint",), "data/model"),
+    "stages.tokenize": (("checkpoint", "model"), "data/tokenized"),
+    "stages.train": (("model", "tokenized"), "data/train"),
+    "stages.evaluate": (("train", "tokenized"), "metrics/test.json"),
+}
+
+
+def stage_inputs(workdir: Path, inputs: Path, stage: str, damaged: str) -> None:
+    """data/ as the stage finds it after the earlier stages: `damaged` a copy (to be damaged), the rest linked."""
     (workdir / "data").mkdir()
-    for name in ("checkpoint", "model", "tokenized", "train"):
+    for name in STAGE_FILES[stage][0]:
         source = inputs / "checkpoint" if name == "checkpoint" else inputs / "data" / name
-        if name in names:
+        if name == damaged:
             shutil.copytree(source, workdir / "data" / name)
-        elif source.exists():
+        else:
             (workdir / "data" / name).symlink_to(source)
 
 
@@ -212,10 +220,11 @@ def truncate(path: Path, size: int = 100) -> None:
 ])
 def test_unreadable_inputs_are_named_with_the_command_that_rebuilds_them(trained, tmp_path, stage, file, named,
                                                                            rebuild):
-    copy_of(tmp_path, trained, file.split("/")[0])
+    stage_inputs(tmp_path, trained, stage, damaged=file.split("/")[0])
     truncate(tmp_path / "data" / file)
     output = fails_cleanly(stage, tmp_path, trained, GOOD)
     assert f"data/{named} cannot be read" in output and f"rebuild it with `{rebuild}`" in output, output
+    assert not (tmp_path / STAGE_FILES[stage][1]).exists()
 
 
 @pytest.fixture(scope="module")
