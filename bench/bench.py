@@ -40,6 +40,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------------------------------------------
 # Measuring
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # what decides the CPU kernels' speed
+
+
+def cpu_kind() -> dict:
+    """The processor the figures were measured on (/proc/cpuinfo): its name, family and model, and the vector
+    extensions that matter here (an AMD EPYC of family 25 model 1 is a Zen 3, 25/17 a Zen 4, 26 a Zen 5)."""
+    info: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    flags = set(info.get("flags", "").split())
+    return {"name": info.get("model name"), "family": info.get("cpu family"), "model": info.get("model"),
+            "flags": [flag for flag in CPU_FLAGS if flag in flags]}
+
 LIBC = ctypes.CDLL(None)  # the process's C library (glibc on Linux): mallopt, malloc_trim
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_MMAP_THRESHOLD = -1, -4, -3  # mallopt's parameters (malloc.h)
 
@@ -461,7 +476,7 @@ def main() -> None:
         row["forward_backward_matmul_fraction"] = 3 * flops / row["forward_backward_s"] / rate
     summary = summarize(rows, imdb, no_faults) if "transformers" in models else {"ratios": {}}
     result = dict(setup=dict(vars(args), out=str(args.out), torch=torch.__version__, threads=torch.get_num_threads(),
-                             cpu=os.cpu_count(), matmul_gflops=rate / 1e9,
+                             cpu=os.cpu_count(), cpu_kind=cpu_kind(), matmul_gflops=rate / 1e9,
                              matmul_gflops_by_library={k: v / 1e9 for k, v in library_rates.items()},
                              shape="large" if args.large else "base"),
                   lengths=rows, freed_memory_kept=no_faults, imdb=imdb, summary=summary)

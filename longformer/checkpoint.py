@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from longformer.config import LongformerConfig
-from longformer.errors import reading
+from longformer.errors import UserError, reading
 from longformer.model import HeadConfig, LongformerClassifier, LongformerModel, load_state_dict_strict
 
 WEIGHTS_FILE = "model.safetensors"
@@ -19,7 +19,7 @@ CONFIG_FILE = "config.json"
 HEAD_FILE = "head.json"
 
 
-class MissingArtifactError(FileNotFoundError):
+class MissingArtifactError(UserError, FileNotFoundError):
     """An input that an earlier pipeline stage should have produced."""
 
 

@@ -1,4 +1,4 @@
-"""What the stage scripts share: one readable line for a user error instead of a traceback."""
+"""What the stage scripts share: one readable line for a user error (`UserError`) instead of a traceback."""
 
 from __future__ import annotations
 
@@ -8,16 +8,8 @@ import os
 
 import typer
 
-from longformer.checkpoint import MissingArtifactError
-from longformer.convert import CheckpointError
-from longformer.data import DataError
-from longformer.distributed import PEER_FAILED, WorkerDiedError, is_main_process, peer_failed
-from longformer.errors import UnreadableFileError
-from longformer.model import CheckpointMismatchError
-from longformer.train import TrainingError
-
-USER_ERRORS = (ValueError, CheckpointError, CheckpointMismatchError, DataError, MissingArtifactError, TrainingError,
-               UnreadableFileError, WorkerDiedError, FileNotFoundError)
+from longformer.distributed import PEER_FAILED, is_main_process, peer_failed
+from longformer.errors import UserError
 
 
 def user_errors(command):
@@ -27,7 +19,7 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except USER_ERRORS as error:
+        except UserError as error:
             if os.environ.get("LONGFORMER_TRACEBACK"):
                 raise
             message, status = str(error), 1

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longformer.errors import ConfigError
+
 # Hugging Face model families the encoder is made from, and the row of the position table that their first
 # token takes: RoBERTa's families keep rows 0..pad_token_id for padding, BERT's counts from 0.
 ROBERTA_FAMILY = ("longformer", "roberta", "xlm-roberta", "camembert")
@@ -43,19 +45,19 @@ class LongformerConfig:
             self.attention_window = [self.attention_window] * self.num_layers
         self.attention_window = list(self.attention_window)
         if len(self.attention_window) != self.num_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"attention_window has {len(self.attention_window)} entries but the model has "
                 f"{self.num_layers} layers: give one window or one per layer"
             )
         for i, w in enumerate(self.attention_window):
             if not isinstance(w, int) or isinstance(w, bool) or w <= 0 or w % 2:
-                raise ValueError(f"attention_window of layer {i} must be a positive even integer, got {w!r}")
+                raise ConfigError(f"attention_window of layer {i} must be a positive even integer, got {w!r}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+            raise ConfigError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.hidden_act not in ("gelu", "relu"):
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use 'gelu' or 'relu'")
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; use 'gelu' or 'relu'")
         if self.max_length < 1:
-            raise ValueError(f"max_position_embeddings={self.max_position_embeddings} leaves no position for a token "
+            raise ConfigError(f"max_position_embeddings={self.max_position_embeddings} leaves no position for a token "
                              f"(the first token takes row {self.position_offset})")
 
     @property
@@ -73,10 +75,10 @@ class LongformerConfig:
         which has no attention window, gets the paper's 512."""
         family = hf.get("model_type", "longformer")
         if family not in ROBERTA_FAMILY + BERT_FAMILY:
-            raise ValueError(f"model_type {family!r} is not supported: use a Longformer, BERT or RoBERTa "
+            raise ConfigError(f"model_type {family!r} is not supported: use a Longformer, BERT or RoBERTa "
                              f"checkpoint ({', '.join(ROBERTA_FAMILY + BERT_FAMILY)})")
         if hf.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported: "
+            raise ConfigError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported: "
                              "only absolute position embeddings can be turned into a Longformer")
         pad_token_id = hf.get("pad_token_id", 1 if family in ROBERTA_FAMILY else 0)
         return cls(

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from longformer.config import BERT_FAMILY, ROBERTA_FAMILY, LongformerConfig
-from longformer.errors import reading
+from longformer.errors import UserError, reading
 from longformer.model import CheckpointMismatchError
 
 TINY = "tiny"
@@ -51,7 +51,7 @@ HF_PREFIX = re.compile(r"^(longformer|roberta|bert)\.")  # task models keep the 
 IGNORED = re.compile(r"^(pooler\.|lm_head\.|cls\.|embeddings\.position_ids$)")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be found, read or converted."""
 
 

@@ -11,14 +11,14 @@ import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from sklearn.model_selection import train_test_split
 
-from longformer.errors import reading
+from longformer.errors import ConfigError, UserError, reading
 
 SAMPLE = "sample"
 SPLITS = ("train", "validation", "test")
 FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset that cannot be used: missing, empty, unlabeled."""
 
 
@@ -136,13 +136,13 @@ class DataParams:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_length, int) or self.max_length < 8:
-            raise ValueError(f"data.max_length must be an integer >= 8, got {self.max_length!r}")
+            raise ConfigError(f"data.max_length must be an integer >= 8, got {self.max_length!r}")
         if not 0.0 < self.val_size < 1.0:
-            raise ValueError(f"data.val_size must be a fraction in (0, 1), got {self.val_size!r}")
+            raise ConfigError(f"data.val_size must be a fraction in (0, 1), got {self.val_size!r}")
         for name in ("limit", "test_limit"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"data.{name} must be a non-negative integer (0 = all), got {value!r}")
+                raise ConfigError(f"data.{name} must be a non-negative integer (0 = all), got {value!r}")
 
 
 def _stratified_subset(indices: np.ndarray, labels: np.ndarray, size: int | float, seed: int) -> np.ndarray:
@@ -157,7 +157,7 @@ def _stratified_subset(indices: np.ndarray, labels: np.ndarray, size: int | floa
 def tokenize(raw: DatasetDict, tokenizer, params: DataParams, model_max_length: int) -> tuple[DatasetDict, dict]:
     """Raw text -> train / validation / test with `input_ids` (truncated to max_length), `label` and `text`."""
     if params.max_length > model_max_length:
-        raise ValueError(f"data.max_length={params.max_length} is above what the converted model takes "
+        raise ConfigError(f"data.max_length={params.max_length} is above what the converted model takes "
                          f"({model_max_length} tokens): lower it, or extend a BERT or RoBERTa checkpoint with "
                          "model.max_length")
     texts, labels = {}, {}

@@ -22,6 +22,8 @@ import torch.distributed as dist
 # collective's tensors when Python shuts down aborts the process ("terminate called without an active exception").
 import torch.distributed.nn.functional  # noqa: F401
 
+from longformer.errors import UserError
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -84,7 +86,7 @@ def quiet_launcher_logs() -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-class WorkerDiedError(RuntimeError):
+class WorkerDiedError(UserError):
     """A process of a torchrun job died (killed, out of memory); the launcher stopped the others."""
 
 

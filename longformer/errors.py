@@ -1,4 +1,5 @@
-"""Files that exist but cannot be read: one error naming the file and the command that rebuilds it."""
+"""What a user can fix: `UserError` and its kinds, which the stages print as one `error:` line (anything else
+is a bug and shows its traceback), and unreadable files named with the command that rebuilds them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-class UnreadableFileError(RuntimeError):
+class UserError(Exception):
+    """A problem the user can fix: bad params, missing or unreadable inputs, a run that cannot go on."""
+
+
+class ConfigError(UserError, ValueError):
+    """A parameter or configuration value that is not allowed."""
+
+
+class UnreadableFileError(UserError):
     """A corrupt, truncated or foreign input file."""
 
 

@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from longformer.attention import AttentionMasks, LongformerSelfAttention
 from longformer.config import LongformerConfig
 from longformer.dropout import Dropout
+from longformer.errors import ConfigError, UserError
 from longformer.matmul import Linear, linear_activation, linear_add, linear_into, row_parts, weight_grad
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -206,13 +207,13 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.dim, int) or self.dim < 1:
-            raise ValueError(f"head.dim must be a positive integer, got {self.dim!r}")
+            raise ConfigError(f"head.dim must be a positive integer, got {self.dim!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"head.dropout must be in [0, 1), got {self.dropout!r}")
+            raise ConfigError(f"head.dropout must be in [0, 1), got {self.dropout!r}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"head.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+            raise ConfigError(f"head.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         if not isinstance(self.num_labels, int) or self.num_labels < 2:
-            raise ValueError(f"head.num_labels must be an integer >= 2, got {self.num_labels!r}")
+            raise ConfigError(f"head.num_labels must be an integer >= 2, got {self.num_labels!r}")
 
 
 class ClassificationHead(nn.Module):
@@ -267,7 +268,7 @@ class LongformerClassifier(nn.Module):
         return cls.from_encoder(LongformerModel.from_hf(checkpoint, max_length, attention_window), head)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A state dict that does not fit the model: names the missing, unexpected and mis-shaped tensors."""
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from longformer.errors import ConfigError
+
 from longformer.data import DataParams
 from longformer.model import HeadConfig
 from longformer.train import TrainParams
@@ -27,13 +29,13 @@ class ModelParams:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 0:
-            raise ValueError(f"model.max_length must be a positive number of tokens (0 = the checkpoint's), "
+            raise ConfigError(f"model.max_length must be a positive number of tokens (0 = the checkpoint's), "
                              f"got {self.max_length!r}")
         window = self.attention_window
         windows = window if isinstance(window, list) else [window]
         if window != 0 or isinstance(window, bool):
             if not windows or not all(_is_positive_even(w) for w in windows):
-                raise ValueError(f"model.attention_window must be a positive even number of tokens, or a list of "
+                raise ConfigError(f"model.attention_window must be a positive even number of tokens, or a list of "
                                  f"one per layer (0 = the checkpoint's), got {window!r}")
 
     def conversion(self) -> dict:
@@ -50,7 +52,7 @@ class Params:
 
     def __post_init__(self) -> None:
         if self.model.max_length and self.model.max_length < self.data.max_length:
-            raise ValueError(f"model.max_length={self.model.max_length} is shorter than data.max_length="
+            raise ConfigError(f"model.max_length={self.model.max_length} is shorter than data.max_length="
                              f"{self.data.max_length}: the model could not read the reviews as tokenized. Raise "
                              "model.max_length or lower data.max_length")
 
@@ -60,14 +62,14 @@ def _typed(group: str, cls: type, values: dict) -> object:
     known = [f.name for f in dataclasses.fields(cls)]
     for key, value in values.items():
         if key not in known:
-            raise ValueError(f"unknown parameter {group}.{key} in params.yaml; {group} takes: {', '.join(known)}")
+            raise ConfigError(f"unknown parameter {group}.{key} in params.yaml; {group} takes: {', '.join(known)}")
         expected = hints[key]
         ok = (isinstance(value, bool) if expected is bool else
               isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else
               isinstance(value, int) and not isinstance(value, bool) if expected is int else
               isinstance(value, expected))
         if not ok:
-            raise ValueError(f"{group}.{key} must be of type {expected.__name__}, got {value!r}")
+            raise ConfigError(f"{group}.{key} must be of type {expected.__name__}, got {value!r}")
     return cls(**values)
 
 
@@ -85,12 +87,16 @@ def parse_params(raw: dict | None) -> Params:
     groups = {f.name: f.default_factory for f in dataclasses.fields(Params)}
     unknown = set(raw) - set(groups)
     if unknown:
-        raise ValueError(f"unknown parameter group(s) {sorted(unknown)} in params.yaml; known: {', '.join(groups)}")
+        raise ConfigError(f"unknown parameter group(s) {sorted(unknown)} in params.yaml; known: {', '.join(groups)}")
     return Params(**{name: _typed(name, type(factory()), raw.get(name) or {}) for name, factory in groups.items()})
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the stages from the project root")
-    return parse_params(yaml.load(path.read_text(), Loader=_Yaml12Loader))
+        raise ConfigError(f"{path} not found: run the stages from the project root")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Yaml12Loader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    return parse_params(raw)

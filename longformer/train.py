@@ -22,11 +22,12 @@ from longformer.batching import collate, length_bucketed_batches
 from longformer.checkpoint import load_encoder, save_classifier
 from longformer.data import check_labels, load_tokenized
 from longformer.distributed import Processes
+from longformer.errors import ConfigError, UserError
 from longformer.evaluate import autocast, classification_metrics, predict
 from longformer.model import HeadConfig, LongformerClassifier
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """Training cannot go on (e.g. a non-finite loss)."""
 
 
@@ -51,15 +52,15 @@ class TrainParams:
         for name in ("epochs", "batch_size", "grad_accum", "nproc"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"train.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
         if not self.lr > 0 or not self.adam_eps > 0:
-            raise ValueError(f"train.lr and train.adam_eps must be positive, got {self.lr!r} and {self.adam_eps!r}")
+            raise ConfigError(f"train.lr and train.adam_eps must be positive, got {self.lr!r} and {self.adam_eps!r}")
         if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.weight_decay < 0 or self.max_grad_norm <= 0 or self.eval_every < 0 or self.checkpoint_every < 1:
-            raise ValueError("train.weight_decay and train.eval_every must be >= 0, train.max_grad_norm > 0, "
+            raise ConfigError("train.weight_decay and train.eval_every must be >= 0, train.max_grad_norm > 0, "
                              "train.checkpoint_every >= 1")
 
 

@@ -30,3 +30,4 @@ def test_bench_runs_and_writes_its_summary(tmp_path):
     for row in report["imdb"]:
         assert (row["reviews"], row["tokens"], row["batch_size"]) == (5, 120, 2) and row["reviews_per_s"] > 0
     assert report["summary"]["imdb_reviews_per_s_speedup"] > 0
+    assert report["setup"]["cpu_kind"]["family"] and "flags" in report["setup"]["cpu_kind"]
