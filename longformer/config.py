@@ -58,7 +58,7 @@ class LongformerConfig:
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; use 'gelu' or 'relu'")
         if self.max_length < 1:
             raise ConfigError(f"max_position_embeddings={self.max_position_embeddings} leaves no position for a token "
-                             f"(the first token takes row {self.position_offset})")
+                              f"(the first token takes row {self.position_offset})")
 
     @property
     def head_dim(self) -> int:
@@ -76,10 +76,10 @@ class LongformerConfig:
         family = hf.get("model_type", "longformer")
         if family not in ROBERTA_FAMILY + BERT_FAMILY:
             raise ConfigError(f"model_type {family!r} is not supported: use a Longformer, BERT or RoBERTa "
-                             f"checkpoint ({', '.join(ROBERTA_FAMILY + BERT_FAMILY)})")
+                              f"checkpoint ({', '.join(ROBERTA_FAMILY + BERT_FAMILY)})")
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise ConfigError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported: "
-                             "only absolute position embeddings can be turned into a Longformer")
+                              "only absolute position embeddings can be turned into a Longformer")
         pad_token_id = hf.get("pad_token_id", 1 if family in ROBERTA_FAMILY else 0)
         return cls(
             vocab_size=hf["vocab_size"],

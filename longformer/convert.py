@@ -206,7 +206,8 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
     problems += [f"{name}: checkpoint {tuple(found)} vs config {tuple(wanted)}"
                  for name, found, wanted in sorted(info.get("mismatched_keys") or [])]
     if problems:
-        raise CheckpointMismatchError(f"checkpoint {checkpoint!r} does not match its config.json: " + "; ".join(problems))
+        raise CheckpointMismatchError(f"checkpoint {checkpoint!r} does not match its config.json: "
+                                      + "; ".join(problems))
     try:
         config = LongformerConfig.from_hf_dict(hf_model.config.to_dict())
     except ValueError as error:

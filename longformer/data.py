@@ -158,8 +158,8 @@ def tokenize(raw: DatasetDict, tokenizer, params: DataParams, model_max_length: 
     """Raw text -> train / validation / test with `input_ids` (truncated to max_length), `label` and `text`."""
     if params.max_length > model_max_length:
         raise ConfigError(f"data.max_length={params.max_length} is above what the converted model takes "
-                         f"({model_max_length} tokens): lower it, or extend a BERT or RoBERTa checkpoint with "
-                         "model.max_length")
+                          f"({model_max_length} tokens): lower it, or extend a BERT or RoBERTa checkpoint with "
+                          "model.max_length")
     texts, labels = {}, {}
     for split in ("train", "test"):
         split_labels = np.asarray(raw[split]["label"])
@@ -217,6 +217,4 @@ def load_tokenized(directory: str | Path, split: str) -> Dataset:
     if not path.is_dir():
         raise DataError(f"{path} not found: run the tokenize stage (dvc repro tokenize) first")
     with reading(path, "dvc repro -f tokenize"):
-        data = load_from_disk(str(path))
-        data["label"]  # reads the column: a truncated file fails here, not in the middle of training
-    return data
+        return load_from_disk(str(path))

@@ -147,8 +147,9 @@ class LongformerModel(nn.Module):
         (B, G, hidden) in position order, which lets the last layer skip every other token.
         """
         if input_ids.shape[1] > self.config.max_length:
-            raise ValueError(f"input has {input_ids.shape[1]} tokens; this model takes at most {self.config.max_length} "
-                             f"(max_position_embeddings={self.config.max_position_embeddings})")
+            config = self.config
+            raise ValueError(f"input has {input_ids.shape[1]} tokens; this model takes at most {config.max_length} "
+                             f"(max_position_embeddings={config.max_position_embeddings})")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if global_attention_mask is None:

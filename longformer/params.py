@@ -23,20 +23,20 @@ def _is_positive_even(value) -> bool:
 
 @dataclass
 class ModelParams:
-    checkpoint: str = "tiny"  # `tiny`, `minilm` (offline), a hub id such as allenai/longformer-base-4096, or a directory
+    checkpoint: str = "tiny"  # `tiny`, `minilm` (offline), a hub id (allenai/longformer-base-4096) or a directory
     max_length: int = 0  # tokens the converted model takes; 0 = the checkpoint's own (a BERT/RoBERTa: extend it)
     attention_window: int | list = 0  # one window, or one per layer; 0 = the checkpoint's (a BERT/RoBERTa: 512)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 0:
             raise ConfigError(f"model.max_length must be a positive number of tokens (0 = the checkpoint's), "
-                             f"got {self.max_length!r}")
+                              f"got {self.max_length!r}")
         window = self.attention_window
         windows = window if isinstance(window, list) else [window]
         if window != 0 or isinstance(window, bool):
             if not windows or not all(_is_positive_even(w) for w in windows):
                 raise ConfigError(f"model.attention_window must be a positive even number of tokens, or a list of "
-                                 f"one per layer (0 = the checkpoint's), got {window!r}")
+                                  f"one per layer (0 = the checkpoint's), got {window!r}")
 
     def conversion(self) -> dict:
         """Keyword arguments of `convert_hf_checkpoint`: None where the checkpoint's own value is kept."""
@@ -53,8 +53,8 @@ class Params:
     def __post_init__(self) -> None:
         if self.model.max_length and self.model.max_length < self.data.max_length:
             raise ConfigError(f"model.max_length={self.model.max_length} is shorter than data.max_length="
-                             f"{self.data.max_length}: the model could not read the reviews as tokenized. Raise "
-                             "model.max_length or lower data.max_length")
+                              f"{self.data.max_length}: the model could not read the reviews as tokenized. Raise "
+                              "model.max_length or lower data.max_length")
 
 
 def _typed(group: str, cls: type, values: dict) -> object:

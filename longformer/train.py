@@ -61,7 +61,7 @@ class TrainParams:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.weight_decay < 0 or self.max_grad_norm <= 0 or self.eval_every < 0 or self.checkpoint_every < 1:
             raise ConfigError("train.weight_decay and train.eval_every must be >= 0, train.max_grad_norm > 0, "
-                             "train.checkpoint_every >= 1")
+                              "train.checkpoint_every >= 1")
 
 
 def warmup_then_linear_decay(total_steps: int, warmup_steps: int):

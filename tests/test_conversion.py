@@ -103,7 +103,8 @@ def test_minilm_through_download_convert_tokenize(tmp_path):
     config, _ = convert_hf_checkpoint(tmp_path / "checkpoint", max_length=1024)
     assert config.max_length == 1024 and config.attention_window == [512] * 6
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "checkpoint")
-    data, summary = tokenize(sample_dataset(40, 10), tokenizer, DataParams(max_length=1024, limit=20), config.max_length)
+    params = DataParams(max_length=1024, limit=20)
+    data, summary = tokenize(sample_dataset(40, 10), tokenizer, params, config.max_length)
     rows = data["train"]["input_ids"]
     assert all(r[0] == tokenizer.cls_token_id and r[-1] == tokenizer.sep_token_id for r in rows)
     assert summary["train"]["tokens_p50_p90_p99_max"][-1] > 512  # reviews past BERT's own 512 positions are kept
