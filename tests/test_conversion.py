@@ -76,6 +76,7 @@ def test_long_minilm_copies_positions_and_projections(minilm, minilm_bert, long_
         assert torch.equal(layer.attn.value_global.weight, value)
 
 
+@pytest.mark.slow
 def test_long_minilm_exported_equals_transformers_longformer(minilm, long_minilm, tmp_path):
     """(b) Our long model, written by save_hf and read by transformers' LongformerModel: the same outputs at 4096
     tokens, windows shorter than the input, a global first token."""

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import finish, prepare_inputs, start_stage
 
+pytestmark = pytest.mark.slow  # stages as subprocesses, trainings
+
 # 16 training reviews, batches of 4: one optimizer step of all 4 batches, whether one process accumulates
 # 4 batches or each of 2 processes accumulates 2. Dropout 0, so that the processes' RNGs do not matter.
 # Adam's first step is about lr * sign(gradient), which turns rounding noise in near-zero gradients into

@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 from longformer.data import DataParams, sample_dataset, tokenize
 from tests.conftest import finish, prepare_inputs, start_stage
 
+pytestmark = pytest.mark.slow  # stages as subprocesses, trainings
+
 GOOD = {"model": {"checkpoint": "tiny"}, "data": {"dataset": "sample", "max_length": 512},
         "head": {"dim": 32}, "train": {"epochs": 1}}
 

@@ -141,6 +141,7 @@ def test_hub_id_offline_says_how_to_fix():
         convert_hf_checkpoint("allenai/longformer-base-4096")
 
 
+@pytest.mark.slow
 def test_base_shaped_model_runs_4096_tokens(tmp_path):
     """The base shape (12 layers, hidden 768, window 512, 4098 positions), random weights built locally."""
     torch.manual_seed(0)

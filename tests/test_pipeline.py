@@ -22,6 +22,8 @@ from longformer.params import load_params
 from longformer.train import TrainParams, train
 from tests.conftest import SHARED_IMDB
 
+pytestmark = pytest.mark.slow  # stages as subprocesses, trainings
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

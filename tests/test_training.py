@@ -14,6 +14,8 @@ from longformer.model import HeadConfig
 from longformer.train import TrainingError, TrainParams, train
 from tests.conftest import finish, prepare_inputs, start_stage
 
+pytestmark = pytest.mark.slow  # stages as subprocesses, trainings
+
 TRAIN = dict(epochs=2, batch_size=4, grad_accum=2, eval_every=10, checkpoint_every=5, lr=5e-4)
 
 
