@@ -154,6 +154,11 @@ def _stratified_subset(indices: np.ndarray, labels: np.ndarray, size: int | floa
     return np.sort(subset)
 
 
+def truncate(ids: list[int], max_length: int) -> list[int]:
+    """At most max_length token ids, the last one (</s> or [SEP]) kept."""
+    return ids if len(ids) <= max_length else ids[:max_length - 1] + ids[-1:]
+
+
 def tokenize(raw: DatasetDict, tokenizer, params: DataParams, model_max_length: int) -> tuple[DatasetDict, dict]:
     """Raw text -> train / validation / test with `input_ids` (truncated to max_length), `label` and `text`."""
     if params.max_length > model_max_length:
@@ -182,7 +187,7 @@ def tokenize(raw: DatasetDict, tokenizer, params: DataParams, model_max_length: 
         split_labels = labels[source] if index is None else labels[source][index]
         full = tokenizer(split_texts, add_special_tokens=True, verbose=False)["input_ids"]  # truncated below
         lengths = np.array([len(ids) for ids in full])
-        ids = [x if len(x) <= params.max_length else x[:params.max_length - 1] + x[-1:] for x in full]  # keep </s>
+        ids = [truncate(x, params.max_length) for x in full]
         # The text stays beside its tokens: baselines and error analysis read exactly these reviews.
         out[split] = Dataset.from_dict({"input_ids": ids, "label": split_labels.astype(np.int64),
                                         "text": split_texts})

@@ -13,7 +13,7 @@ from datasets import Dataset
 
 from longformer.checkpoint import load_classifier
 from longformer.convert import load_tokenizer
-from longformer.data import DataError
+from longformer.data import DataError, truncate
 from longformer.evaluate import predict
 
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -69,7 +69,6 @@ def classify(train_dir: str | Path, tokenizer_dir: str | Path, texts: Sequence[s
     model = load_classifier(train_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
     max_length = min(max_length, model.config.max_length)
-    ids = [x if len(x) <= max_length else x[:max_length - 1] + x[-1:]
-           for x in tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]]
+    ids = [truncate(x, max_length) for x in tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]]
     logits = predict(model, Dataset.from_dict({"input_ids": ids, "label": [0] * len(ids)}), batch_size)
     return torch.from_numpy(logits).softmax(dim=1).numpy()

@@ -50,15 +50,8 @@ def test_bad_params_stop_the_train_stage(inputs, tmp_path, group, key, value, me
     assert not (tmp_path / "data/train").exists() and not (tmp_path / "metrics").exists()
 
 
-def link_checkpoint(workdir: Path, inputs: Path) -> None:
-    """data/checkpoint and data/model as the download and convert stages leave them (the tokenize stage's inputs)."""
-    (workdir / "data").mkdir()
-    (workdir / "data/checkpoint").symlink_to(inputs / "checkpoint")
-    (workdir / "data/model").symlink_to(inputs / "data/model")
-
-
 def test_max_length_above_the_checkpoint(inputs, tmp_path):
-    link_checkpoint(tmp_path, inputs)
+    stage_inputs(tmp_path, inputs, "stages.tokenize")
     output = fails_cleanly("stages.tokenize", tmp_path, inputs, with_value("data", "max_length", 5000))
     assert "data.max_length=5000 is above what the converted model takes (1024 tokens)" in output
     assert "model.max_length" in output
@@ -75,7 +68,7 @@ def test_unusable_dataset_files(inputs, tmp_path, content, message):
     data.mkdir()
     (data / "train.csv").write_text(content)
     (data / "test.csv").write_text("text,label\nfine,1\n")
-    link_checkpoint(tmp_path, inputs)
+    stage_inputs(tmp_path, inputs, "stages.tokenize")
     output = fails_cleanly("stages.tokenize", tmp_path, inputs, with_value("data", "dataset", str(data)))
     assert message in output
 
@@ -180,7 +173,7 @@ def test_labels_beyond_the_head_stop_training_before_it_starts(inputs, tmp_path)
     rows = "".join(f"review number {i} is {'good' if i % 3 else 'bad'},{i % 3}\n" for i in range(30))
     (data / "train.csv").write_text("text,label\n" + rows)
     (data / "test.csv").write_text("text,label\n" + rows)
-    link_checkpoint(tmp_path, inputs)
+    stage_inputs(tmp_path, inputs, "stages.tokenize")
     params = with_value("data", "dataset", str(data))
     finish(start_stage("stages.tokenize", tmp_path, inputs, params))
     output = fails_cleanly("stages.train", tmp_path, inputs, params)
@@ -196,8 +189,8 @@ STAGE_FILES = {  # what each stage reads from data/, and what it writes
 }
 
 
-def stage_inputs(workdir: Path, inputs: Path, stage: str, damaged: str) -> None:
-    """data/ as the stage finds it after the earlier stages: `damaged` a copy (to be damaged), the rest linked."""
+def stage_inputs(workdir: Path, inputs: Path, stage: str, damaged: str | None = None) -> None:
+    """data/ as the stage finds it after the earlier stages, linked; `damaged` a copy instead (to be damaged)."""
     (workdir / "data").mkdir()
     for name in STAGE_FILES[stage][0]:
         source = inputs / "checkpoint" if name == "checkpoint" else inputs / "data" / name
