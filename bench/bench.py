@@ -1,6 +1,6 @@
 """Ours vs transformers' Longformer, same weights, same process: time, memory, efficiency, real IMDb reviews.
 
-    python bench/bench.py                      # base shape, fp32, CPU: table + bench/results/bench.json
+    python bench/bench.py                      # base shape, fp32, CPU: a table, and bench/results/DATE-CPU-....json
     python bench/bench.py --large              # 24 layers, hidden 1024
     python bench/bench.py --device cuda --dtype bf16 --checkpointing   # on a GPU
 
@@ -28,9 +28,10 @@ from transformers import LongformerConfig as HFConfig
 from transformers import LongformerForSequenceClassification as HFClassifier
 
 from longformer import HeadConfig, LongformerClassifier, LongformerConfig
-from longformer.batching import collate, length_bucketed_batches
-from longformer.convert import rename_hf_state_dict
-from longformer.matmul import linear_into, use_onednn
+from longformer.hf import rename_hf_state_dict
+from longformer.kernels.onednn import linear_into, use_onednn
+from longformer.pipeline.batching import collate, length_bucketed_batches
+from longformer.pipeline.step import make_optimizer, optimizer_step
 
 from imdb_sample import IMDB, imdb_token_lengths  # bench/, beside this script
 
@@ -54,6 +55,31 @@ def cpu_kind() -> dict:
     flags = set(info.get("flags", "").split())
     return {"name": info.get("model name"), "family": info.get("cpu family"), "model": info.get("model"),
             "flags": [flag for flag in CPU_FLAGS if flag in flags]}
+
+# (family, first model, last model) -> AMD core generation: what the bench's results are filed under
+AMD_CORES = [(25, 0x00, 0x0F, "zen3"), (25, 0x20, 0x5F, "zen3"), (25, 0x10, 0x1F, "zen4"), (25, 0x60, 0xAF, "zen4"),
+             (26, 0x00, 0xFF, "zen5")]
+
+
+def cpu_label(kind: dict) -> str:
+    """zen3 / zen4 / zen5 for the AMD EPYCs these machines have; otherwise the vendor's family and model."""
+    family, model = int(kind["family"] or 0), int(kind["model"] or 0)
+    for core_family, first, last, name in AMD_CORES:
+        if "AMD" in (kind["name"] or "") and family == core_family and first <= model <= last:
+            return name
+    return f"family{family}-model{model}"
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """bench/results/DATE-CPU-DEVICE-DTYPE[-large].json: one file per run, named by what it ran on."""
+    device = args.device.split(":")[0]
+    if device == "cuda":
+        machine = torch.cuda.get_device_name().split()[-1].lower()  # e.g. h200
+    else:
+        machine = cpu_label(cpu_kind())
+    name = f"{time.strftime('%Y-%m-%d')}-{machine}-{device}-{args.dtype}" + ("-large" if args.large else "")
+    return ROOT / "bench" / "results" / f"{name}.json"
+
 
 LIBC = ctypes.CDLL(None)  # the process's C library (glibc on Linux): mallopt, malloc_trim
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_MMAP_THRESHOLD = -1, -4, -3  # mallopt's parameters (malloc.h)
@@ -136,7 +162,7 @@ def timed(fn, device: torch.device, measure_memory: bool) -> tuple[float, int]:
 def matmul_rates(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     """The machine's dense matmul rate (FLOP/s) on a Longformer-sized product (4096x768 @ 768x3072), per library:
     PyTorch's own (`torch.mm`: MKL on the CPU, which transformers uses) and, on the CPU in fp32, oneDNN's (which
-    ours uses there: `longformer.matmul`).
+    ours uses there: `longformer.kernels.onednn`).
 
     Into preallocated outputs: on the CPU a fresh 48 MiB output would be a fresh mmap, and its page faults
     (up to ~30% of the product's time here) would be counted as matmul time.
@@ -246,13 +272,25 @@ def forward_and_backward(model, ids: torch.Tensor, device, autocast, measure_mem
     return fwd_s, fwd_mem, fb_s, fb_mem
 
 
-def optimizer_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], autocast) -> None:
-    """A training step as the pipeline takes it: forward on a collated batch, cross-entropy backward, optimizer."""
-    with autocast:
-        logits = forward_fn(model, batch["input_ids"], batch["attention_mask"])()
-    torch.nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+class LogitsOf(torch.nn.Module):
+    """A transformers classifier called as ours is, `(input_ids, attention_mask) -> logits` (a Longformer's first
+    token global, as ours makes it), so that the pipeline's optimizer_step takes it."""
+
+    def __init__(self, hf: torch.nn.Module):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.hf, HFClassifier):
+            return forward_fn(self.hf, input_ids, attention_mask)()
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def pipeline_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], autocast) -> None:
+    """A training step as the pipeline takes it (its own optimizer_step): forward on a collated batch, cross-entropy
+    backward, optimizer."""
+    optimizer_step(LogitsOf(model) if isinstance(model, HFClassifier) else model, [batch], optimizer,
+                   autocast=lambda: autocast)
 
 
 def training_step_fn(model, ids: torch.Tensor, autocast):
@@ -345,12 +383,11 @@ def bench_imdb(models: dict, config: HFConfig, lengths: list[int], device, autoc
         batches.append({name: tensor.to(device) for name, tensor in batch.items()})
     for name, model in models.items():
         model.train()
-        # fused, as the pipeline's (longformer.train, not imported: it needs dvclive, which GPU machines lack)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+        optimizer = make_optimizer(model, lr=1e-5)  # the pipeline's fused AdamW
 
         def train_steps(inputs) -> None:
             for batch in inputs:
-                optimizer_step(model, optimizer, batch, autocast)
+                pipeline_step(model, optimizer, batch, autocast)
 
         train_steps(batches[:1])  # warm-up (and AdamW state)
         seconds, peak = timed(lambda: train_steps(batches), device, measure_memory=device.type == "cuda")
@@ -434,8 +471,9 @@ def main() -> None:
                         help="their token counts from a JSON list written by bench/imdb_sample.py, instead of "
                              "tokenizing ../shared/imdb (for machines without it)")
     parser.add_argument("--skip-transformers", action="store_true", help="only ours (e.g. where it runs out of memory)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench.json")
+    parser.add_argument("--out", type=Path, help="default: bench/results/DATE-CPU-DEVICE-DTYPE[-large].json")
     args = parser.parse_args()
+    args.out = args.out or default_out(args)
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32

@@ -16,9 +16,10 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from longformer.batching import collate
+from longformer.pipeline.batching import collate
+from longformer.pipeline.step import make_optimizer
 
-from bench import build_models, optimizer_step, set_checkpointing  # bench/, beside this script
+from bench import build_models, pipeline_step, set_checkpointing  # bench/, beside this script
 
 LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
 
@@ -38,10 +39,10 @@ def main() -> None:
         for name, model in (("transformers", hf), ("ours", ours)):
             set_checkpointing(model, checkpointing)
             model.train()
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+            optimizer = make_optimizer(model, lr=1e-5)
 
             def step() -> None:
-                optimizer_step(model, optimizer, batch, autocast)
+                pipeline_step(model, optimizer, batch, autocast)
                 torch.cuda.synchronize()
 
             for _ in range(3):  # warm-up (and AdamW state)

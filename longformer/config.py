@@ -1,4 +1,4 @@
-"""Model configuration: a plain dataclass, readable from a Hugging Face `config.json`."""
+"""Model configuration: the encoder's (readable from a Hugging Face `config.json`) and the classification head's."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from longformer.errors import ConfigError
 ROBERTA_FAMILY = ("longformer", "roberta", "xlm-roberta", "camembert")
 BERT_FAMILY = ("bert",)
 DEFAULT_WINDOW = 512  # a BERT or RoBERTa has no window of its own: the Longformer paper's
+HEAD_ACTIVATIONS = ("tanh", "relu", "gelu")  # their modules: longformer.model.ACTIVATIONS
 
 
 @dataclass
@@ -109,3 +110,23 @@ class LongformerConfig:
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass
+class HeadConfig:
+    """The classification head: Linear(hidden, dim) -> Dropout -> activation -> Dropout -> Linear(dim, labels)."""
+
+    dim: int = 768
+    dropout: float = 0.1
+    activation: str = "tanh"
+    num_labels: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise ConfigError(f"head.dim must be a positive integer, got {self.dim!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"head.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.activation not in HEAD_ACTIVATIONS:
+            raise ConfigError(f"head.activation must be one of {sorted(HEAD_ACTIVATIONS)}, got {self.activation!r}")
+        if not isinstance(self.num_labels, int) or self.num_labels < 2:
+            raise ConfigError(f"head.num_labels must be an integer >= 2, got {self.num_labels!r}")

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from longformer.baseline import run_baseline
-from longformer.cli import app, user_errors
+from longformer.pipeline.baseline import run_baseline
+from longformer.pipeline.cli import app, user_errors
 
 cli = app(__doc__)
 

@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from longformer.checkpoint import save_converted
-from longformer.cli import app, user_errors
-from longformer.convert import convert_hf_checkpoint
-from longformer.params import load_params
+from longformer import weights
+from longformer.errors import written_by
+from longformer.hf import convert_hf_checkpoint
+from longformer.pipeline.cli import app, user_errors
+from longformer.pipeline.params import load_params
 
 cli = app(__doc__)
 
@@ -14,10 +15,12 @@ cli = app(__doc__)
 @user_errors
 def main(params: Path = Path("params.yaml"), checkpoint: Path = Path("data/checkpoint"),
          out: Path = Path("data/model")) -> None:
-    """Convert a Hugging Face Longformer, BERT or RoBERTa checkpoint into our model's config and state dict: a BERT
+    """Convert a Hugging Face Longformer, BERT or RoBERTa checkpoint into our format (config + safetensors): a BERT
     or RoBERTa becomes a Longformer of model.max_length tokens and model.attention_window windows."""
-    config, state = convert_hf_checkpoint(checkpoint, **load_params(params).model.conversion())
-    save_converted(config, state, out)
+    conversion = load_params(params).model.conversion()
+    with written_by("download"):
+        config, state = convert_hf_checkpoint(checkpoint, **conversion)
+    weights.save(out, config, state)
     print(f"{checkpoint} -> {out}: {config.num_layers} layers, hidden {config.hidden_size}, "
           f"windows {sorted(set(config.attention_window))}, {config.max_length} tokens, "
           f"{sum(t.numel() for t in state.values()) / 1e6:.1f}M parameters")

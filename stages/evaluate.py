@@ -1,26 +1,26 @@
-"""Stage 5: the best checkpoint on the test set -> metrics/test.json and metrics/predictions.csv."""
+"""Stage 5: the trained classifier on the test set -> metrics/test.json and metrics/predictions.csv."""
 
 import time
 from pathlib import Path
 
-from longformer.cli import app, user_errors
-from longformer.distributed import is_main_process, relaunch_under_torchrun
-from longformer.evaluate import evaluate
-from longformer.params import load_params
+from longformer.pipeline.cli import app, user_errors
+from longformer.pipeline.distributed import is_main_process, relaunch_under_torchrun
+from longformer.pipeline.evaluate import evaluate
+from longformer.pipeline.params import load_params
 
 cli = app(__doc__)
 
 
 @cli.command()
 @user_errors
-def main(params: Path = Path("params.yaml"), checkpoint: Path = Path("data/train"), data: Path = Path("data/tokenized"),
-         metrics: Path = Path("metrics/test.json"), predictions: Path = Path("metrics/predictions.csv"),
-         batch_size: int = 8) -> None:
+def main(params: Path = Path("params.yaml"), model: Path = Path("data/train"), data: Path = Path("data/tokenized"),
+         metrics: Path = Path("metrics/test.json"), predictions: Path = Path("metrics/predictions.csv")) -> None:
     """Accuracy, loss and F1 on the test set (scikit-learn), and actual/predicted pairs for a confusion plot."""
-    if relaunch_under_torchrun(load_params(params).train.nproc, "stages.evaluate"):
+    p = load_params(params)
+    if relaunch_under_torchrun(p.train.nproc, "stages.evaluate"):
         return
     start = time.perf_counter()
-    result = evaluate(checkpoint, data, metrics, predictions, batch_size)
+    result = evaluate(model, data, metrics, predictions, p.evaluate.batch_size)
     if is_main_process():
         print(f"test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, F1 {result['f1']:.4f} "
               f"on {result['reviews']} reviews ({time.perf_counter() - start:.0f} s); "

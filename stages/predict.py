@@ -4,9 +4,9 @@ from pathlib import Path
 
 import typer
 
-from longformer.cli import app, user_errors
-from longformer.params import load_params
-from longformer.predict import classify, read_reviews
+from longformer.pipeline.cli import app, user_errors
+from longformer.pipeline.params import load_params
+from longformer.pipeline.predict import classify, read_reviews
 
 cli = app(__doc__)
 
@@ -17,11 +17,13 @@ def main(inputs: list[str] = typer.Argument(None, help="text files (one review e
                                                        "for standard input (one review per line; the default)"),
          column: str = typer.Option("text", help="the review column of .csv/.parquet inputs"),
          params: Path = Path("params.yaml"), model: Path = Path("data/train"),
-         checkpoint: Path = Path("data/checkpoint"), batch_size: int = 8) -> None:
+         checkpoint: Path = Path("data/checkpoint"), batch_size: int | None = typer.Option(
+             None, help="reviews per batch; default: evaluate.batch_size")) -> None:
     """Print one line per review: its source, the predicted label and that label's probability (tab-separated)."""
     reviews = read_reviews(inputs or [], column)
-    probabilities = classify(model, checkpoint, [r.text for r in reviews], load_params(params).data.max_length,
-                             batch_size)
+    p = load_params(params)
+    probabilities = classify(model, checkpoint, [r.text for r in reviews], p.data.max_length,
+                             batch_size or p.evaluate.batch_size)
     for review, probs in zip(reviews, probabilities):
         label = int(probs.argmax())
         print(f"{review.source}\t{label}\t{probs[label]:.4f}")

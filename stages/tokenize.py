@@ -3,11 +3,12 @@
 import json
 from pathlib import Path
 
-from longformer.cli import app, user_errors
-from longformer.checkpoint import load_converted_config
-from longformer.convert import load_tokenizer
-from longformer.data import load_raw, save_tokenized, tokenize
-from longformer.params import load_params
+from longformer import weights
+from longformer.errors import written_by
+from longformer.hf import load_tokenizer
+from longformer.pipeline.cli import app, user_errors
+from longformer.pipeline.data import load_raw, save_tokenized, tokenize
+from longformer.pipeline.params import load_params
 
 cli = app(__doc__)
 
@@ -20,8 +21,10 @@ def main(params: Path = Path("params.yaml"), checkpoint: Path = Path("data/check
     tokenize with the checkpoint's tokenizer, truncate to data.max_length (at most what the converted model
     takes), hold out a stratified validation set."""
     data_params = load_params(params).data
-    model_max_length = load_converted_config(model).max_length
-    tokenizer = load_tokenizer(checkpoint)
+    with written_by("convert"):
+        model_max_length = weights.load_config(model).max_length
+    with written_by("download"):
+        tokenizer = load_tokenizer(checkpoint)
     data, summary = tokenize(load_raw(data_params.dataset), tokenizer, data_params, model_max_length)
     save_tokenized(data, summary, out)
     print(json.dumps(summary, indent=2))

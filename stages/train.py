@@ -1,12 +1,12 @@
-"""Stage 4: fine-tune encoder + classification head -> data/train (best checkpoint), metrics/train (dvclive)."""
+"""Stage 4: fine-tune encoder + classification head -> data/train (the best weights), metrics/train (dvclive)."""
 
 import time
 from pathlib import Path
 
-from longformer.cli import app, user_errors
-from longformer.distributed import is_main_process, relaunch_under_torchrun
-from longformer.params import load_params
-from longformer.train import train
+from longformer.pipeline.cli import app, user_errors
+from longformer.pipeline.distributed import is_main_process, relaunch_under_torchrun
+from longformer.pipeline.params import load_params
+from longformer.pipeline.train import train
 
 cli = app(__doc__)
 
@@ -15,7 +15,7 @@ cli = app(__doc__)
 @user_errors
 def main(params: Path = Path("params.yaml"), model: Path = Path("data/model"), data: Path = Path("data/tokenized"),
          out: Path = Path("data/train"), metrics: Path = Path("metrics/train")) -> None:
-    """Train with the head.* and train.* params; keep the checkpoint with the best validation accuracy."""
+    """Train with the head.* and train.* params; keep the weights with the best validation accuracy."""
     p = load_params(params)
     if relaunch_under_torchrun(p.train.nproc, "stages.train"):
         return

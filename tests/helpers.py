@@ -1,8 +1,43 @@
-"""Helpers the parity tests share: gradients of two models compared under one naming."""
+"""Helpers the tests share: small checkpoints and stage inputs, running stages, comparing gradients."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
+import yaml
 
-from longformer.convert import rename_hf_state_dict
+from longformer import weights
+from longformer.hf import convert_hf_checkpoint, rename_hf_state_dict
+from longformer.pipeline.data import sample_corpus, sample_dataset, save_tokenized, tokenize
+from longformer.pipeline.download import download_checkpoint
+from longformer.pipeline.params import DataParams
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The modules a Python file imports, at any level (functions included), except under `if TYPE_CHECKING:`;
+    `from a import b` counts as a and, where b is a module, a.b."""
+    tree = ast.parse(path.read_text())
+    skipped = {id(node) for guard in ast.walk(tree) if isinstance(guard, ast.If) and "TYPE_CHECKING" in ast.unparse(
+        guard.test) for node in ast.walk(guard)}
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names
+                      if (ROOT / node.module.replace(".", "/") / alias.name).with_suffix(".py").is_file()
+                      or (ROOT / node.module.replace(".", "/") / alias.name / "__init__.py").is_file()}
+    return names
+
 
 
 def grads(model) -> dict[str, torch.Tensor]:
@@ -39,3 +74,52 @@ def assert_same_gradients(hf, ours, globals_: str) -> None:
         assert max(expected_key_bias[name].norm(), actual_key_bias[name].norm()) <= 1e-6 * weight_scale, name
     if globals_ != "none":
         assert ours.layers[0].attn.key_global.weight.grad.abs().sum() > 0  # the global path is exercised
+
+
+SHARED_IMDB = ROOT.parent / "shared" / "imdb"
+
+
+def small_hf_config(**overrides):
+    """A small Hugging Face Longformer config with per-layer windows."""
+    from transformers import LongformerConfig as HFConfig
+
+    values = dict(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                  attention_window=[8, 4, 16], max_position_embeddings=300, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0, pad_token_id=1)
+    values.update(overrides)
+    return HFConfig(**values)
+
+
+def prepare_inputs(root: Path, limit: int, val_size: float = 0.1, dropout: float | None = None) -> Path:
+    """data/model and data/tokenized as the convert and tokenize stages write them: tiny model, sample reviews."""
+    from transformers import AutoTokenizer
+
+    download_checkpoint("tiny", root / "checkpoint", sample_corpus())
+    if dropout is not None:
+        config = json.loads((root / "checkpoint/config.json").read_text())
+        config.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+        (root / "checkpoint/config.json").write_text(json.dumps(config))
+    weights.save(root / "data/model", *convert_hf_checkpoint(root / "checkpoint"))
+    params = DataParams(max_length=512, limit=limit, val_size=val_size)
+    data, summary = tokenize(sample_dataset(), AutoTokenizer.from_pretrained(root / "checkpoint"), params, 1024)
+    save_tokenized(data, summary, root / "data/tokenized")
+    return root
+
+
+def start_stage(module: str, workdir: Path, inputs: Path, params: dict, *args: str):
+    """The real stage (`python -m stages.X`) in `workdir`, reading the inputs' data/ through symlinks."""
+    workdir.mkdir(exist_ok=True)
+    if not (workdir / "data").exists():
+        (workdir / "data").mkdir()
+        for name in ("model", "tokenized"):
+            (workdir / "data" / name).symlink_to(inputs / "data" / name)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    env = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    return output

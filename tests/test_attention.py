@@ -1,11 +1,13 @@
-"""BandedAttention (q/k/v projection + attention, a custom autograd Function) against finite differences and
-the portable SDPA path."""
+"""The CPU attention kernel, BandedAttention (q/k/v projection + attention, a custom autograd Function), against
+finite differences and the reference SDPA path."""
 
 import pytest
 import torch
 
 from longformer import attention
-from longformer.attention import AttentionMasks, BandedAttention, sdpa_window_attention
+from longformer.attention import AttentionMasks, sdpa_window_attention
+from longformer.kernels import banded as banded_kernel
+from longformer.kernels.banded import BandedAttention
 
 
 def masks_for(n: int, globals_: str) -> AttentionMasks:
@@ -30,12 +32,12 @@ def masks_for(n: int, globals_: str) -> AttentionMasks:
 def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, chunk_tokens, block_at_most, monkeypatch):
     """Against finite differences (with dropout: a fixed seed makes the function deterministic, so this also checks
     that backward draws the forward's masks again)."""
-    monkeypatch.setattr(attention, "_BACKWARD_CHUNK_TOKENS", chunk_tokens)
-    monkeypatch.setattr(attention, "_DROPOUT_BLOCK", block_at_most)
-    monkeypatch.setattr(attention, "_TRAINING_BLOCK", block_at_most)
+    monkeypatch.setattr(banded_kernel, "_BACKWARD_CHUNK_TOKENS", chunk_tokens)
+    monkeypatch.setattr(banded_kernel, "_DROPOUT_BLOCK", block_at_most)
+    monkeypatch.setattr(banded_kernel, "_TRAINING_BLOCK", block_at_most)
     one_sided = 2
     masks = masks_for(n, globals_)
-    mask, block, pad = masks.window_mask(one_sided, torch.float64, attention._query_block(one_sided, dropout_p))
+    mask, block, pad = masks.window_mask(one_sided, torch.float64, banded_kernel._query_block(one_sided, dropout_p))
     heads, dim = 2, 8
     gen = torch.Generator().manual_seed(n)
     x, weight, bias, global_rows = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)

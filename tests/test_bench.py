@@ -1,18 +1,18 @@
 """bench/bench.py end to end at one short length: both models timed, memory measured, batched training steps over
 given review lengths, JSON written."""
 
+import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import pytest
 
-pytestmark = pytest.mark.slow  # stages as subprocesses, trainings
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
+@pytest.mark.slow  # two base-shaped models
 def test_bench_runs_and_writes_its_summary(tmp_path):
     out = tmp_path / "bench.json"
     lengths = tmp_path / "lengths.json"
@@ -22,16 +22,32 @@ def test_bench_runs_and_writes_its_summary(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert {(row["model"], row["tokens"]) for row in report["lengths"]} == {("transformers", 64), ("ours", 64)}
-    for row in report["lengths"]:
-        assert row["forward_s"] > 0 and row["forward_backward_s"] > 0
-        assert row["forward_backward_peak_mb"] > 0  # at least the parameters' gradients
+    rows = {(row["model"], row["tokens"]): row for row in report["lengths"]}
+    assert set(rows) == {("transformers", 64), ("ours", 64)}
     ratios = report["summary"]["ratios"]["64"]
-    assert ratios["forward_backward_speedup"] > 0 and 0 < ratios["forward_backward_memory_ratio"]
-    assert ratios["matmul_fraction_needed_for_3x"] > 0
-    assert report["summary"]["forward_backward_speedup_freed_memory_kept"]["64"] > 0
-    assert "| 64 | ours |" in result.stdout
-    for row in report["imdb"]:
-        assert (row["reviews"], row["tokens"], row["batch_size"]) == (5, 120, 2) and row["reviews_per_s"] > 0
-    assert report["summary"]["imdb_reviews_per_s_speedup"] > 0
+    hf, ours = rows["transformers", 64], rows["ours", 64]
+    assert ratios["forward_backward_speedup"] == pytest.approx(hf["forward_backward_s"] / ours["forward_backward_s"])
+    assert ratios["forward_backward_memory_ratio"] == pytest.approx(
+        ours["forward_backward_peak_mb"] / hf["forward_backward_peak_mb"])
+    # the table shows what the JSON holds
+    assert f"| 64 | ours | {ours['forward_s']:.3f} | {ours['forward_backward_s']:.3f} |" in result.stdout
+    # the reviews as the pipeline batches them: length-bucketed, 5 reviews of 120 tokens in batches of 2
+    assert [(r["model"], r["reviews"], r["tokens"], r["batch_size"]) for r in report["imdb"]] == [
+        ("transformers", 5, 120, 2), ("ours", 5, 120, 2)]
+    assert report["summary"]["imdb_reviews_per_s_speedup"] == pytest.approx(
+        report["imdb"][1]["reviews_per_s"] / report["imdb"][0]["reviews_per_s"])
     assert report["setup"]["cpu_kind"]["family"] and "flags" in report["setup"]["cpu_kind"]
+
+
+def test_results_are_filed_by_date_cpu_device_and_dtype(monkeypatch):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench
+
+    zen3 = {"name": "AMD EPYC 7B13", "family": "25", "model": "1", "flags": []}
+    zen4 = {"name": "AMD EPYC 9B14", "family": "25", "model": "17", "flags": []}
+    zen5 = {"name": "AMD EPYC", "family": "26", "model": "2", "flags": []}
+    assert [bench.cpu_label(kind) for kind in (zen3, zen4, zen5)] == ["zen3", "zen4", "zen5"]
+    assert bench.cpu_label({"name": "Intel Xeon", "family": "6", "model": "143"}) == "family6-model143"
+    monkeypatch.setattr(bench, "cpu_kind", lambda: zen4)
+    args = argparse.Namespace(device="cpu", dtype="fp32", large=True)
+    assert bench.default_out(args).name == f"{time.strftime('%Y-%m-%d')}-zen4-cpu-fp32-large.json"

@@ -11,8 +11,11 @@ from transformers import AutoModel, AutoTokenizer
 from transformers import LongformerModel as HFLongformerModel
 
 from longformer import LongformerClassifier, LongformerModel
-from longformer.convert import CheckpointError, convert_hf_checkpoint, download_checkpoint, minilm_directory
-from longformer.data import DataParams, sample_dataset, tokenize
+from longformer.errors import CheckpointError
+from longformer.hf import convert_hf_checkpoint
+from longformer.pipeline.data import sample_dataset, tokenize
+from longformer.pipeline.download import download_checkpoint, minilm_directory
+from longformer.pipeline.params import DataParams
 from tests.helpers import assert_same_gradients
 
 

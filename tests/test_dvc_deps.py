@@ -2,12 +2,11 @@
 through other modules (function-level imports included), so that editing code re-runs the stages it can change.
 A folder in deps covers every file below it."""
 
-import ast
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, imported_modules
 
 
 def project_imports(script: Path) -> set[str]:
@@ -15,26 +14,18 @@ def project_imports(script: Path) -> set[str]:
     seen: set[str] = set()
     todo = [script]
     while todo:
-        tree = ast.parse(todo.pop().read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names = [node.module]
-            else:
+        for name in imported_modules(todo.pop()):
+            parts = name.split(".")
+            if parts[0] != "longformer":
                 continue
-            for name in names:
-                parts = name.split(".")
-                if parts[0] != "longformer":
-                    continue
-                # importing a.b runs a/__init__.py, then a/b.py (or a/b/__init__.py)
-                for depth in range(1, len(parts) + 1):
-                    base = ROOT.joinpath(*parts[:depth])
-                    module = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
-                    relative = str(module.relative_to(ROOT))
-                    if module.is_file() and relative not in seen:
-                        seen.add(relative)
-                        todo.append(module)
+            # importing a.b runs a/__init__.py, then a/b.py (or a/b/__init__.py)
+            for depth in range(1, len(parts) + 1):
+                base = ROOT.joinpath(*parts[:depth])
+                module = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+                relative = str(module.relative_to(ROOT))
+                if module.is_file() and relative not in seen:
+                    seen.add(relative)
+                    todo.append(module)
     return seen
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from longformer.data import DataParams, sample_dataset, tokenize
-from tests.conftest import finish, prepare_inputs, start_stage
+from longformer.pipeline.data import sample_dataset, tokenize
+from longformer.pipeline.params import DataParams
+from tests.helpers import finish, prepare_inputs, start_stage
 
 pytestmark = pytest.mark.slow  # stages as subprocesses, trainings
 
@@ -211,7 +212,7 @@ def truncate(path: Path, size: int = 100) -> None:
     ("stages.train", "model/model.safetensors", "model/model.safetensors", "dvc repro -f convert"),
     ("stages.tokenize", "model/config.json", "model/config.json", "dvc repro -f convert"),
     ("stages.train", "tokenized/train/data-00000-of-00001.arrow", "tokenized/train", "dvc repro -f tokenize"),
-    ("stages.evaluate", "train/model.safetensors", "train", "dvc repro -f train"),
+    ("stages.evaluate", "train/model.safetensors", "train/model.safetensors", "dvc repro -f train"),
 ])
 def test_unreadable_inputs_are_named_with_the_command_that_rebuilds_them(trained, tmp_path, stage, file, named,
                                                                            rebuild):

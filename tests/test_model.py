@@ -6,12 +6,13 @@ import pytest
 import torch
 from transformers import LongformerModel as HFModel
 
-from longformer import CheckpointMismatchError, HeadConfig, LongformerClassifier, LongformerConfig, LongformerModel
-from longformer import model as model_module
-from longformer.checkpoint import save_converted
-from longformer.convert import CheckpointError, convert_hf_checkpoint
-from longformer.model import ActivationLinear
-from tests.conftest import small_hf_config
+from longformer import HeadConfig, LongformerClassifier, LongformerConfig, LongformerModel, WeightsMismatchError
+from longformer import weights
+from longformer.errors import CheckpointError
+from longformer.hf import convert_hf_checkpoint
+from longformer.kernels import feed_forward
+from longformer.kernels.feed_forward import ActivationLinear
+from tests.helpers import small_hf_config
 
 
 def test_classifier_padded_batch_equals_one_by_one(hf_checkpoint):
@@ -35,7 +36,7 @@ def test_classifier_padded_batch_equals_one_by_one(hf_checkpoint):
 @pytest.mark.parametrize("chunk_rows", [3, 512])  # the forward in several chunks (the last one short), or one
 def test_activation_linear_gradients_are_exact(gelu, chunk_rows, monkeypatch):
     """The feed-forward's second half, which recomputes the activation in backward in one reused buffer."""
-    monkeypatch.setattr(model_module, "_FEED_FORWARD_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(feed_forward, "_CHUNK_ROWS", chunk_rows)
     gen = torch.Generator().manual_seed(0)
     h, weight, bias = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
                        for shape in ((2, 5, 6), (3, 6), (3,)))
@@ -88,7 +89,7 @@ def test_config_reads_hf_json_with_int_window(tmp_path):
 
 def test_converted_round_trip(hf_checkpoint, tmp_path):
     config, state = convert_hf_checkpoint(hf_checkpoint)
-    save_converted(config, state, tmp_path)
+    weights.save(tmp_path, config, state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     loaded = LongformerModel.load(tmp_path).eval()
     direct = LongformerModel.from_hf(hf_checkpoint).eval()
@@ -110,7 +111,7 @@ def test_checkpoint_with_missing_tensor_names_it(hf_checkpoint, tmp_path):
     del state["encoder.layer.1.attention.self.key_global.weight"]
     save_file(state, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text((hf_checkpoint / "config.json").read_text())
-    with pytest.raises(CheckpointMismatchError, match=r"encoder\.layer\.1\.attention\.self\.key_global\.weight"):
+    with pytest.raises(WeightsMismatchError, match=r"encoder\.layer\.1\.attention\.self\.key_global\.weight"):
         convert_hf_checkpoint(tmp_path)
 
 
@@ -119,7 +120,7 @@ def test_checkpoint_with_mismatched_shapes_is_a_clear_error(hf_checkpoint, tmp_p
     config["intermediate_size"] = 48
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").write_bytes((hf_checkpoint / "model.safetensors").read_bytes())
-    with pytest.raises(CheckpointMismatchError, match="intermediate"):
+    with pytest.raises(WeightsMismatchError, match="intermediate"):
         convert_hf_checkpoint(tmp_path)
 
 
@@ -128,8 +129,8 @@ def test_loading_a_mismatched_state_dict_names_keys(hf_checkpoint, tmp_path):
     state["extra.weight"] = torch.zeros(1)
     state.pop("layers.0.ffn_in.bias")
     state["layers.1.ffn_in.weight"] = torch.zeros(3, 3)
-    save_converted(config, state, tmp_path)
-    with pytest.raises(CheckpointMismatchError) as error:
+    weights.save(tmp_path, config, state)
+    with pytest.raises(WeightsMismatchError) as error:
         LongformerModel.load(tmp_path)
     text = str(error.value)
     assert "missing keys (1): layers.0.ffn_in.bias" in text and "unexpected keys (1): extra.weight" in text

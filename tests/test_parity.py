@@ -1,11 +1,13 @@
 """Our model against transformers' Longformer on the same weights: outputs and gradients."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 from transformers import LongformerModel as HFModel
 
-from longformer import LongformerModel, attention
-from longformer.convert import rename_hf_state_dict
+from longformer import LongformerModel, kernels
+from longformer.hf import rename_hf_state_dict
 from tests.helpers import assert_same_gradients, grads, split_key_bias
 
 # The windows of the small model are [8, 4, 16]: one-sided 4, 2 and 8 tokens.
@@ -36,12 +38,11 @@ def models(hf_checkpoint):
     return HFModel.from_pretrained(hf_checkpoint, add_pooling_layer=False), LongformerModel.from_hf(hf_checkpoint)
 
 
-@pytest.fixture(params=["banded", "sdpa"])
-def kernel(request, monkeypatch):
-    """Both attention paths: BandedAttention (the CPU) and the portable SDPA one (GPU, autocast)."""
-    if request.param == "sdpa":
-        monkeypatch.setattr(attention, "use_banded_kernel", lambda x: False)
-    return request.param
+@pytest.fixture(params=["kernels", "reference"])
+def path(request):
+    """Both paths: the CPU kernels, and the reference modules (what runs on a GPU and under autocast)."""
+    with nullcontext() if request.param == "kernels" else kernels.disabled():
+        yield request.param
 
 
 def run_both(models, n, globals_, train):
@@ -55,7 +56,7 @@ def run_both(models, n, globals_, train):
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train-dropout0"])
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", LENGTHS)
-def test_forward_matches_transformers(models, n, globals_, train, kernel):
+def test_forward_matches_transformers(models, n, globals_, train, path):
     with torch.no_grad():
         expected, actual, mask = run_both(models, n, globals_, train)
     assert actual.shape == expected.shape == (3, n, 32)
@@ -65,7 +66,7 @@ def test_forward_matches_transformers(models, n, globals_, train, kernel):
 
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", [9, 17, 61])
-def test_gradients_match_transformers(models, n, globals_, kernel):
+def test_gradients_match_transformers(models, n, globals_, path):
     forward_backward(models, n, globals_)
     assert_same_gradients(*models, globals_)
 
@@ -177,3 +178,20 @@ def test_bf16_autocast_is_as_accurate_as_transformers(device_models, n):
                   gradient=(error(ours_grad, reference_grad), error(theirs_grad, reference_grad)))
     for ours_error, theirs_error in errors.values():
         assert 0 < ours_error <= 2 * theirs_error, errors  # 0 < : bf16 really ran
+
+
+def test_fp32_on_the_cpu_runs_the_kernels_and_disabled_runs_none(models, monkeypatch):
+    """The dispatch: every layer's attention and feed-forward go to the kernels, unless switched off."""
+    _, ours = models
+    calls = []
+    for name in ("banded_attention", "add_and_feed_forward"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *args, _real=real, _name=name: calls.append(_name) or _real(*args))
+    ids, mask, glob = make_batch(37, "first")
+    with torch.no_grad():
+        ours(ids, mask, glob)
+        assert sorted(calls) == sorted(["banded_attention", "add_and_feed_forward"] * len(ours.layers))
+        calls.clear()
+        with kernels.disabled():
+            ours(ids, mask, glob)
+        assert calls == [] and kernels.enabled(ids.float())

@@ -1,5 +1,6 @@
 """The DVC pipeline end to end on the offline default, and the stages on real IMDb reviews."""
 
+import dataclasses
 import json
 import math
 import os
@@ -13,19 +14,17 @@ import numpy as np
 import pytest
 import yaml
 
-from longformer.checkpoint import save_converted
-from longformer.convert import convert_hf_checkpoint, download_checkpoint
-from longformer.data import DataParams, load_raw, sample_corpus, sample_review, save_tokenized, tokenize
-from longformer.evaluate import evaluate
-from longformer.model import HeadConfig
-from longformer.params import load_params
-from longformer.train import TrainParams, train
-from tests.conftest import SHARED_IMDB
+from longformer import weights
+from longformer.config import HeadConfig
+from longformer.hf import convert_hf_checkpoint
+from longformer.pipeline.data import load_raw, sample_corpus, sample_review, save_tokenized, tokenize
+from longformer.pipeline.download import download_checkpoint
+from longformer.pipeline.evaluate import evaluate
+from longformer.pipeline.params import DataParams, TrainParams, load_params
+from longformer.pipeline.train import train
+from tests.helpers import ROOT, SHARED_IMDB
 
 pytestmark = pytest.mark.slow  # stages as subprocesses, trainings
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 ENV = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
                     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -130,7 +129,7 @@ def test_stages_on_real_imdb_subset(tmp_path):
     """Tokenize (local-directory loader), then a short train and evaluate on real IMDb reviews."""
     download_checkpoint("tiny", tmp_path / "checkpoint", sample_corpus())
     config, state = convert_hf_checkpoint(tmp_path / "checkpoint")
-    save_converted(config, state, tmp_path / "model")
+    weights.save(tmp_path / "model", config, state)
 
     from transformers import AutoTokenizer
 
@@ -146,17 +145,24 @@ def test_stages_on_real_imdb_subset(tmp_path):
 
     best = train(tmp_path / "model", tmp_path / "tokenized", tmp_path / "train", tmp_path / "live",
                  HeadConfig(dim=32), TrainParams(epochs=1, batch_size=4, grad_accum=2, eval_every=5))
-    assert 0 <= best["val_accuracy"] <= 1
+    logged = np.loadtxt(tmp_path / "live/plots/metrics/val/accuracy.tsv", skiprows=1, ndmin=2)  # step, accuracy
+    assert len(logged) == 3  # 108 reviews / (4 x 2) = 14 steps: validated at steps 5, 10 and the epoch's end 14
+    assert best["val_accuracy"] == logged[:, 1].max() and best["step"] == logged[logged[:, 1].argmax(), 0]
     metrics = evaluate(tmp_path / "train", tmp_path / "tokenized", tmp_path / "test.json", tmp_path / "pred.csv")
     assert metrics["reviews"] == 120 and np.isfinite(metrics["loss"])
+    pairs = np.loadtxt(tmp_path / "pred.csv", delimiter=",", skiprows=1, dtype=int)  # actual, predicted
+    assert sorted(pairs[:, 0].tolist()) == sorted(data["test"]["label"])
+    assert metrics["accuracy"] == (pairs[:, 0] == pairs[:, 1]).mean()
     assert json.loads((tmp_path / "test.json").read_text())["accuracy"] == metrics["accuracy"]
 
 
-def test_shipped_params_are_valid():
+def test_shipped_params_set_every_parameter():
+    """params.yaml is valid and lists every parameter the stages read (DVC tracks only what it lists), nothing else."""
     params = load_params(ROOT / "params.yaml")
-    assert params.model.checkpoint == "tiny" and params.data.dataset == "sample"
-    assert (params.head.dim, params.head.activation, params.head.dropout) == (768, "tanh", 0.1)
-    assert params.train.label_smoothing == 0.1
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for group in dataclasses.fields(params):
+        assert set(shipped[group.name]) == {f.name for f in dataclasses.fields(getattr(params, group.name))}, group.name
+    assert set(shipped) == {group.name for group in dataclasses.fields(params)}
 
 
 def test_params_read_floats_as_dvc_writes_them(tmp_path):

@@ -10,13 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from longformer.model import HeadConfig
-from longformer.train import TrainingError, TrainParams, train
-from tests.conftest import finish, prepare_inputs, start_stage
+from longformer.config import HeadConfig
+from longformer.errors import TrainingError
+from longformer.pipeline.params import TrainParams
+from longformer.pipeline.train import train
+from tests.helpers import finish, prepare_inputs, start_stage
 
 pytestmark = pytest.mark.slow  # stages as subprocesses, trainings
 
-TRAIN = dict(epochs=2, batch_size=4, grad_accum=2, eval_every=10, checkpoint_every=5, lr=5e-4)
+TRAIN = dict(epochs=2, batch_size=4, grad_accum=2, eval_every=10, resume_every=5, lr=5e-4)
 
 
 @pytest.fixture(scope="module")

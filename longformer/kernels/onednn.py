@@ -1,18 +1,16 @@
-"""The model's matrix products on oneDNN, on the CPU in fp32.
+"""The model's matrix products on oneDNN's inner-product op (plain fp32).
 
-PyTorch's CPU matmul is MKL's, which on AMD processors runs its AVX2 code: on a 2-core AMD EPYC Zen 5, ~210-235
-GFLOP/s against ~390-520 GFLOP/s from oneDNN's AVX-512 kernels (also in every x86 PyTorch build) on the model's
-own products; on a Zen 4, whose AVX-512 units are half as wide, ~195 against ~210. Both are plain fp32
-(`bench/bench.py` prints both rates). So the linear layers' products go through oneDNN's inner-product op where
-it applies (CPU, fp32, no autocast, oneDNN enabled) and through PyTorch's own ops elsewhere (GPU, autocast,
-float64 in gradchecks).
+PyTorch's CPU matmul is MKL's, which on AMD processors runs its AVX2 code; oneDNN, in every x86 PyTorch build,
+picks its kernels for the CPU it runs on (AVX-512 where there is one). `bench/bench.py` prints both rates, and
+docs/performance.md compares them by CPU. Where oneDNN does not apply (float64 in gradchecks, oneDNN switched
+off) each function falls back to PyTorch's own op.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 _OUT_CHUNK_ROWS = 512  # rows per product in linear_into: a fresh output that large would page-fault
 _WEIGHT_GRAD_CHUNK_ROWS = 1024  # rows per product in weight_grad (see there)
@@ -41,10 +39,9 @@ def mm(a: Tensor, b: Tensor) -> Tensor:
 def weight_grad(grad_y: Tensor, x: Tensor, add_to: Tensor | None = None) -> Tensor:
     """grad_y (N, M)^T @ x (N, K) -> (M, K), a linear layer's weight gradient, plus add_to (a weight_grad result).
 
-    On oneDNN (measured at N = 4096, the base model's shapes): making the wider of the two orientations is ~1.3x
-    faster, so the narrow one is a transposed view of the wide one; and a sum over parts of ~1024 rows, each
-    added to the last by the product itself, is ~12% faster than one product over all N rows on Zen 5 (on Zen 4,
-    0-4% slower: a training step the same within noise).
+    On oneDNN the product is made in the wider of the two orientations (the faster one; the narrow result is a
+    transposed view of it), as a sum over parts of the rows, each part added to the last by the product itself
+    (smaller operands, which stay in cache).
     """
     if not use_onednn(x):
         return grad_y.T @ x if add_to is None else torch.addmm(add_to, grad_y.T, x)
@@ -110,10 +107,3 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     rows = x.reshape(-1, x.shape[-1])
     return _OneDNNLinear.apply(rows if rows.is_contiguous() else rows.contiguous(), weight, bias).view(
         *x.shape[:-1], -1)
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters and state dict) whose product runs on oneDNN where `use_onednn`."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias)

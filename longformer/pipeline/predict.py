@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from longformer.checkpoint import load_classifier
-from longformer.convert import load_tokenizer
-from longformer.data import DataError, truncate
-from longformer.evaluate import predict
+from longformer.errors import DataError, written_by
+from longformer.hf import load_tokenizer
+from longformer.model import LongformerClassifier
+from longformer.pipeline.data import truncate
+from longformer.pipeline.evaluate import predict
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -66,8 +67,10 @@ def classify(train_dir: str | Path, tokenizer_dir: str | Path, texts: Sequence[s
     """Class probabilities (N, num_labels) of the trained classifier in `train_dir`, in the order of `texts`;
     reviews are tokenized as the tokenize stage does (truncated to max_length, the last special token kept) and
     predicted in length-bucketed batches."""
-    model = load_classifier(train_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
+    with written_by("train"):
+        model = LongformerClassifier.load(train_dir)
+    with written_by("download"):
+        tokenizer = load_tokenizer(tokenizer_dir)
     max_length = min(max_length, model.config.max_length)
     ids = [truncate(x, max_length) for x in tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]]
     logits = predict(model, Dataset.from_dict({"input_ids": ids, "label": [0] * len(ids)}), batch_size)

@@ -8,8 +8,8 @@ import os
 
 import typer
 
-from longformer.distributed import PEER_FAILED, is_main_process, peer_failed
 from longformer.errors import UserError
+from longformer.pipeline.distributed import PEER_FAILED, is_main_process, peer_failed
 
 
 def user_errors(command):

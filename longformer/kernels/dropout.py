@@ -1,4 +1,4 @@
-"""Dropout on the CPU, drawn 4x faster than PyTorch draws it there.
+"""Dropout's masks on the CPU, four decisions per random number.
 
 PyTorch's CPU dropout draws one random number per element (`bernoulli_`; MKL's vectorised generator is used
 on Intel processors only). Here each 64-bit number from the same kind of generator gives four decisions, as
@@ -8,7 +8,8 @@ on Intel processors only). Here each 64-bit number from the same kind of generat
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor
 
 
 def words_for(count: int) -> int:
@@ -30,18 +31,16 @@ def keep_mask(out: Tensor, p: float, generator: torch.Generator | None = None, w
     return torch.ge(words.view(torch.int16)[:count].view(out.shape), threshold, out=out)
 
 
-class Dropout(nn.Dropout):
-    """`nn.Dropout`, drawn with `keep_mask` on the CPU; PyTorch's own elsewhere (its GPU kernels are fused)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p in (0, 1) or x.device.type != "cpu":  # p = 1: no 1 / (1 - p) to scale by
-            return super().forward(x)
-        return _CpuDropout.apply(x, self.p)
+def dropout(x: Tensor, p: float) -> Tensor:
+    """Training-mode dropout of x (as `F.dropout(x, p)`), with `keep_mask`'s masks."""
+    if p in (0, 1):  # p = 1: no 1 / (1 - p) to scale by
+        return F.dropout(x, p)
+    return _CpuDropout.apply(x, p)
 
 
 class _CpuDropout(torch.autograd.Function):
     """x * mask, the mask holding 0 or 1 / (1 - p) in x's dtype and saved for backward, as PyTorch's CPU dropout
-    saves its own (a bool mask would be smaller, but multiplying by one converts it first: 10x slower)."""
+    saves its own (a bool mask would be smaller, but a multiply by it converts it to x's dtype first, every time)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:

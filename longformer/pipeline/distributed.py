@@ -22,7 +22,7 @@ import torch.distributed as dist
 # collective's tensors when Python shuts down aborts the process ("terminate called without an active exception").
 import torch.distributed.nn.functional  # noqa: F401
 
-from longformer.errors import UserError
+from longformer.errors import WorkerDiedError
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,6 @@ def quiet_launcher_logs() -> None:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-class WorkerDiedError(UserError):
-    """A process of a torchrun job died (killed, out of memory); the launcher stopped the others."""
 
 
 PEER_FAILED = 3  # exit status of a process whose collective failed because another process of the job died

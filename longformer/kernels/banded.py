@@ -1,0 +1,309 @@
+"""Window + global-key attention on PyTorch's CPU flash-attention kernels, with the q/k/v projection fused in.
+
+The same computation as `longformer.attention.sliding_window_attention` (the reference), laid out so that nothing
+is copied: see `BandedAttention`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from longformer.kernels.dropout import keep_mask, words_for
+from longformer.kernels.onednn import linear_into, mm, weight_grad
+
+if TYPE_CHECKING:  # for annotations only: the model imports the kernels, not the other way round
+    from longformer.attention import AttentionMasks
+
+_BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call
+# Queries per block, at most (see _query_block): the fastest of 64, 128 and 256 for each path at 4096 tokens, base
+# shape (docs/performance.md).
+_DROPOUT_BLOCK = 64  # the written-out softmax with attention dropout: the least computed outside the band
+_FORWARD_BLOCK = 64  # the flash kernel's forward alone
+_TRAINING_BLOCK = 128  # its forward + backward
+
+
+def banded_attention(x: Tensor, weight: Tensor, bias: Tensor, masks: AttentionMasks, num_heads: int, one_sided: int,
+                     dropout_p: float = 0.0, global_rows: Tensor | None = None) -> Tensor:
+    """x (B, n, D) -> (B, n, D): `sliding_window_attention` with the fused q/k/v projection (weight, bias), on the
+    CPU: no copies of q/k/v or of the windows, less saved for backward, the global rows written in place."""
+    mask, block, pad = masks.window_mask(one_sided, x.dtype, _query_block(one_sided, dropout_p))
+    seed = int(torch.randint(2**62, ())) if dropout_p else 0  # from the global RNG: torch.manual_seed rules
+    return BandedAttention.apply(x, weight, bias, num_heads, mask, block, pad, masks.global_index,
+                                 masks.global_present, dropout_p, seed, global_rows).flatten(2)
+
+
+def _query_block(one_sided: int, dropout_p: float) -> int:
+    """Queries per block of `BandedAttention`: the largest divisor of one_sided (halving it) of at most the block
+    its path runs fastest with. A block of L queries computes L + 2P scores per query where the band needs
+    2P + 1 (at P = 256: 1.5x the band at L = 256, 1.25x at 128, 1.12x at 64), but the flash kernels' own products
+    get smaller too: in backward, below 128 queries that costs more than it saves."""
+    most = _DROPOUT_BLOCK if dropout_p else _TRAINING_BLOCK if torch.is_grad_enabled() else _FORWARD_BLOCK
+    block = one_sided
+    while block > most and block % 2 == 0:
+        block //= 2
+    return block
+
+
+class BandedAttention(torch.autograd.Function):
+    """The q/k/v projection, then window + global-key attention on PyTorch's CPU flash-attention kernels (or, with
+    attention dropout, which those kernels lack, on the same layout one block at a time: `_window_dropout_*`).
+
+    Tokens are laid out as rows: the batch's sequences (each padded to a multiple of the block L) end to end,
+    with P zero rows before and after, so block t's L + 2P keys are rows [t L, t L + L + 2P): an
+    overlapping strided *view*, not a copy (the mask hides rows of other sequences). The projection writes
+    q, k and v straight into these rows, so no separate qkv tensor is made and copied. The G global keys,
+    which every query also sees, are a small dense attention, merged in through the log-sum-exps. In
+    backward, the flash kernel given the merged output and log-sum-exp yields exactly the window part of
+    the gradients (the softmax is over the union); the global part is done densely. The global queries' rows
+    of the output are then `global_rows` (their outputs from `global_attention`), written in place; their
+    log-sum-exps are set to +inf, so backward recomputes their window probabilities as 0.
+    Saved: the input x, the padded q, k, v rows and the output; the windows are never materialised. Dropout's
+    masks are not saved either: backward draws them again from the same seed (`_DropoutMasks`).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, heads: int, mask: Tensor, block: int, pad: int,
+                global_index: Tensor, global_present: Tensor, dropout_p: float = 0.0, seed: int = 0,
+                global_rows: Tensor | None = None) -> Tensor:
+        batch, n, dim = x.shape
+        head_dim = dim // heads
+        n_pad = math.ceil(n / block) * block
+        rows = x.new_empty(pad + batch * n_pad + pad, 3, heads, head_dim)
+        rows[:pad] = 0
+        rows[rows.shape[0] - pad:] = 0
+        tokens = _token_rows(rows, pad, batch)  # (B, n_pad, 3, H, d)
+        for i in range(batch):
+            linear_into(tokens[i, :n].view(n, 3 * dim), x[i], weight, bias)  # q, k, v of sequence i
+        tokens[:, n:] = 0
+        scale = head_dim ** -0.5
+        q, k, v = _blocked(rows, block, pad)
+        dropped = _DropoutMasks(dropout_p, seed) if dropout_p else None
+        if dropped:
+            out, lse = _window_dropout_forward(q, k, v, mask, scale, dropped)
+        else:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, k, v, attn_mask=mask, scale=scale)  # (T, H, L, d), (T, H, L)
+        out_tokens, lse_tokens = _tokens_first(out, lse, batch)  # (B, n_pad, H, d), (B, n_pad, H): views
+        if global_index.shape[1]:
+            for i in range(batch):
+                _merge_global_keys(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i], scale,
+                                   dropped)
+                if global_rows is not None:
+                    _put_global_rows(global_rows[i].view(-1, heads, head_dim), global_index[i], global_present[i],
+                                     out_tokens[i], lse_tokens[i])
+        ctx.save_for_backward(x, weight, rows, mask, out, lse, global_index, global_present)
+        ctx.block, ctx.pad, ctx.scale, ctx.dropout_p, ctx.seed = block, pad, scale, dropout_p, seed
+        return out_tokens[:, :n]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight, rows, mask, out, lse, global_index, global_present = ctx.saved_tensors
+        block, pad, scale = ctx.block, ctx.pad, ctx.scale
+        batch, n = grad_out.shape[:2]
+        tokens = _token_rows(rows, pad, batch)
+        n_pad = tokens.shape[1]
+        grad = F.pad(grad_out, (0, 0, 0, 0, 0, n_pad - n)) if n_pad > n else grad_out.contiguous()  # (B, n_pad, H, d)
+        grad_blocks = grad.view(-1, block, *grad.shape[2:]).transpose(1, 2)  # (T, H, L, d), laid out as out is
+        q, k, v = _blocked(rows, block, pad)
+        grad_rows = torch.zeros_like(rows)
+        grad_tokens = _token_rows(grad_rows, pad, batch)
+        grad_q = _blocked(grad_rows, block, pad)[0]
+        dropped = _DropoutMasks(ctx.dropout_p, ctx.seed) if ctx.dropout_p else None  # the forward's, in its order
+        if dropped:
+            _window_dropout_backward(grad_blocks, q, k, v, out, lse, mask, scale, dropped, grad_q, grad_rows, block)
+        else:
+            _window_flash_backward(grad_blocks, q, k, v, out, lse, mask, scale, grad_q, grad_rows, block)
+        if global_index.shape[1]:
+            out_tokens, lse_tokens = _tokens_first(out, lse, batch)
+            for i in range(batch):
+                _global_keys_backward(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i],
+                                      grad[i], grad_tokens[i], scale, dropped)
+        grad_qkv = grad_tokens[:, :n].reshape(batch * n, -1)  # (B n, 3 D); a copy only if sequences were padded
+        grad_x = mm(grad_qkv, weight).view(x.shape)
+        grad_global_rows = None
+        if ctx.needs_input_grad[-1]:  # global_rows, the output's global rows: theirs is the output's gradient
+            grad_global_rows = torch.where(global_present[..., None], _gather_rows(grad_out, global_index).flatten(2),
+                                           0)
+        grad_weight = weight_grad(grad_qkv, x.reshape(batch * n, -1))
+        return (grad_x, grad_weight, grad_qkv.sum(0)) + (None,) * 8 + (grad_global_rows,)
+
+
+def _window_flash_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor,
+                           scale: float, grad_q: Tensor, grad_rows: Tensor, block: int) -> None:
+    """The window part of the gradients on the flash kernel: written to grad_q (T, H, L, d), a view of grad_rows
+    (P + N + P, 3, H, d), and added to grad_rows' keys and values. Given the merged output and log-sum-exp, the kernel
+    computes the softmax over the window and the global keys."""
+    # A few blocks at a time: the kernel's window gradients stay small (no fresh, page-faulting buffers).
+    step = max(1, _BACKWARD_CHUNK_TOKENS // block)
+    for first in range(0, q.shape[0], step):
+        part = slice(first, first + step)
+        grad_q[part], grad_k, grad_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad[part], q[part], k[part], v[part], out[part], lse[part], 0.0, False, attn_mask=mask[part], scale=scale)
+        _add_windows_grad(grad_rows[:, 1], grad_k, block, first)
+        _add_windows_grad(grad_rows[:, 2], grad_v, block, first)
+
+
+class _DropoutMasks:
+    """Attention dropout's masks (`keep_mask`'s: 1 = keep, 0 = drop, in the probabilities' dtype, for a plain
+    multiply), drawn from a generator seeded once per forward: backward makes a fresh one from the same seed and
+    draws them again, in the same order, instead of storing them. Callers apply the kept ones' scale, `scale` =
+    1 / (1 - p), to the smallest tensor at hand."""
+
+    def __init__(self, p: float, seed: int):
+        self.p, self.scale = p, 1 / (1 - p)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.words = torch.empty(0, dtype=torch.int64)  # reused: fresh memory would page-fault on every draw
+
+    def __call__(self, out: Tensor) -> Tensor:
+        """Fill out (floating point, contiguous) with the next mask; returns it."""
+        if self.words.numel() < words_for(out.numel()):
+            self.words = torch.empty(words_for(out.numel()), dtype=torch.int64)
+        return keep_mask(out, self.p, self.generator, self.words)
+
+
+def _window_dropout_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float,
+                            dropped: _DropoutMasks) -> tuple[Tensor, Tensor]:
+    """Window attention with dropout on the probabilities, one block at a time (the softmax written out): out
+    (T, H, L, d) and log-sum-exp (T, H, L), laid out token-major in memory, as the flash kernel lays out its own."""
+    blocks, heads, block, head_dim = q.shape
+    out = q.new_empty(blocks, block, heads, head_dim).transpose(1, 2)
+    lse = q.new_empty(blocks, block, heads).transpose(1, 2)
+    scores, keep = _dropout_work(q, k, 2)
+    for b in range(blocks):
+        torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale, out=scores)  # (H, L, L + 2P)
+        top = scores.amax(-1, keepdim=True)
+        weights = scores.sub_(top).exp_()  # the softmax's numerators
+        total = weights.sum(-1, keepdim=True)  # (H, L, 1)
+        lse[b] = (top + total.log()).squeeze(-1)
+        # the softmax's normalisation and dropout's 1 / (1 - p) go on the output, (H, L, d)
+        out[b] = (weights.mul_(dropped(keep)) @ v[b]).mul_(dropped.scale / total)
+    return out, lse
+
+
+def _window_dropout_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor,
+                             scale: float, dropped: _DropoutMasks, grad_q: Tensor, grad_rows: Tensor,
+                             block: int) -> None:
+    """As `_window_flash_backward`, with dropout, block by block: the probabilities are recomputed from the merged
+    log-sum-exp (so they are those of the softmax over the window and the global keys), the masks drawn again.
+    The softmax scale goes on q's and k's gradients, which are smaller than the scores."""
+    scores, keep, scratch = _dropout_work(q, k, 3)
+    for b in range(q.shape[0]):
+        torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale, out=scores)
+        probs = scores.sub_(lse[b].unsqueeze(-1)).exp_()  # (H, L, L + 2P)
+        dropped(keep)
+        grad_scaled = grad[b] * dropped.scale  # (H, L, d): dropout's 1 / (1 - p) here, not on the probabilities
+        grad_v = torch.mul(probs, keep, out=scratch).transpose(1, 2) @ grad_scaled  # (H, L + 2P, d)
+        _add_windows_grad(grad_rows[:, 2], grad_v[None], block, b)
+        delta = (grad[b] * out[b]).sum(-1, keepdim=True)  # softmax backward's row term, (H, L, 1)
+        grad_probs = torch.bmm(grad_scaled, v[b].transpose(1, 2), out=scratch).mul_(keep)
+        grad_scores = probs.mul_(grad_probs.sub_(delta))  # without the softmax scale
+        grad_q[b] = (grad_scores @ k[b]).mul_(scale)
+        _add_windows_grad(grad_rows[:, 1], (grad_scores.transpose(1, 2) @ q[b]).mul_(scale)[None], block, b)
+
+
+def _dropout_work(q: Tensor, k: Tensor, count: int) -> Tensor:
+    """count buffers of one block's scores, (count, H, L, L + 2P), reused by every block: fresh ones would
+    page-fault."""
+    return q.new_empty(count, *q.shape[1:3], k.shape[2])
+
+
+def _token_rows(rows: Tensor, pad: int, batch: int) -> Tensor:
+    """Rows (P + B n_pad + P, 3, H, d) -> the tokens' rows as (B, n_pad, 3, H, d), a view."""
+    return rows[pad:rows.shape[0] - pad].view(batch, -1, *rows.shape[1:])
+
+
+def _blocked(rows: Tensor, block: int, pad: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows (P + N + P, 3, H, d) -> views q (T, H, L, d) and overlapping windows k, v (T, H, L + 2P, d)."""
+    q = rows[pad:rows.shape[0] - pad, 0]
+    q = q.view(-1, block, *q.shape[1:]).transpose(1, 2)
+    k, v = (rows[:, i].unfold(0, block + 2 * pad, block).permute(0, 1, 3, 2) for i in (1, 2))
+    return q, k, v
+
+
+def _tokens_first(out: Tensor, lse: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """The flash kernel's out (T, H, L, d) and lse (T, H, L) as views (B, n_pad, H, d) and (B, n_pad, H): the kernel
+    lays them out token-major in memory (`view` would raise, not copy, if that ever changed)."""
+    heads, head_dim = out.shape[1], out.shape[3]
+    return out.transpose(1, 2).view(batch, -1, heads, head_dim), lse.transpose(1, 2).view(batch, -1, heads)
+
+
+def _add_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int, first: int) -> None:
+    """The backward of the overlapping windows: add grad_windows (t, H, L + 2P, d) of blocks first.. to grad_rows
+    (R, H, d), where window row j of block b is row b L + j."""
+    target = grad_rows.view(-1, block, *grad_rows.shape[1:])  # (R / L, L, H, d)
+    blocks = grad_windows.shape[0]
+    for c, chunk in enumerate(grad_windows.transpose(1, 2).split(block, dim=1)):  # chunk c goes to block b + c
+        target[first + c:first + c + blocks] += chunk
+
+
+# The global keys' part, one sequence at a time, on heads-first *views* of the token-major rows: (H, n_pad, d) with
+# a row stride of 3 H d (or H d), which bmm takes as they are (4-d batched matmuls would copy them).
+
+def _merge_global_keys(tokens: Tensor, global_index: Tensor, present: Tensor, out: Tensor, lse: Tensor,
+                       scale: float, dropped: _DropoutMasks | None = None) -> None:
+    """Fold the G global keys into one sequence's window attention, in place: out (n_pad, H, d) and lse (n_pad, H) of
+    the softmax over the window become those over the window and the global keys. tokens (n_pad, 3, H, d)."""
+    q, k_glob, v_glob = _query_and_global_keys(tokens, global_index)
+    scores = _global_scores(q, k_glob, present, scale)  # (H, n_pad, G)
+    lse, out = lse.T, out.transpose(0, 1)  # (H, n_pad), (H, n_pad, d)
+    merged = torch.logaddexp(lse, scores.logsumexp(-1))
+    out.mul_((lse - merged).exp().unsqueeze(-1))
+    probs = (scores - merged.unsqueeze(-1)).exp()  # (H, n_pad, G)
+    if dropped:
+        out.baddbmm_(probs.mul_(dropped(torch.empty_like(probs))), v_glob, alpha=dropped.scale)
+    else:
+        out.baddbmm_(probs, v_glob)
+    lse.copy_(merged)
+
+
+def _put_global_rows(rows: Tensor, global_index: Tensor, present: Tensor, out: Tensor, lse: Tensor) -> None:
+    """Write one sequence's global rows (G, H, d) over its global queries' rows of out (n_pad, H, d), in place, and set
+    their log-sum-exps (lse, (n_pad, H)) to +inf: backward then recomputes their probabilities as 0, so the replaced
+    window outputs pass no gradient. Spare slots write back what was there."""
+    keep = present[:, None]  # (G, 1)
+    out.index_copy_(0, global_index, torch.where(keep[..., None], rows, out[global_index]))
+    lse.index_copy_(0, global_index, lse[global_index].masked_fill(keep, float("inf")))
+
+
+def _global_keys_backward(tokens: Tensor, global_index: Tensor, present: Tensor, out: Tensor, lse: Tensor,
+                          grad: Tensor, grad_tokens: Tensor, scale: float,
+                          dropped: _DropoutMasks | None = None) -> None:
+    """Add the global keys' part of one sequence's gradients to grad_tokens (n_pad, 3, H, d): q's through the global
+    scores, and the global keys' and values'. out, grad (n_pad, H, d) and lse (n_pad, H) are the merged ones."""
+    q, k_glob, v_glob = _query_and_global_keys(tokens, global_index)
+    probs = (_global_scores(q, k_glob, present, scale) - lse.T.unsqueeze(-1)).exp()  # (H, n_pad, G)
+    delta = (grad * out).sum(-1).T.unsqueeze(-1)  # softmax backward's row term, (H, n_pad, 1)
+    grad = grad.transpose(0, 1)  # (H, n_pad, d)
+    # the probabilities after dropout, grad times dropout's 1 / (1 - p), and the probabilities' gradient (H, n_pad, G)
+    if dropped:
+        keep = dropped(torch.empty_like(probs))
+        kept_probs, grad_scaled = probs * keep, grad * dropped.scale
+        grad_probs = (grad_scaled @ v_glob.transpose(-1, -2)).mul_(keep)
+    else:
+        kept_probs, grad_scaled, grad_probs = probs, grad, grad @ v_glob.transpose(-1, -2)
+    grad_scores = probs * (grad_probs - delta) * scale
+    grad_tokens[:, 0].transpose(0, 1).baddbmm_(grad_scores, k_glob)
+    index = global_index[:, None, None].expand(-1, *grad_tokens.shape[2:])  # (G, H, d)
+    grad_tokens[:, 1].scatter_add_(0, index, (grad_scores.transpose(-1, -2) @ q).transpose(0, 1))
+    grad_tokens[:, 2].scatter_add_(0, index, (kept_probs.transpose(-1, -2) @ grad_scaled).transpose(0, 1))
+
+
+def _query_and_global_keys(tokens: Tensor, global_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One sequence's rows (n_pad, 3, H, d) -> q (H, n_pad, d) and the global slots' keys and values (H, G, d)."""
+    kv = tokens[global_index, 1:].transpose(0, 2)  # (H, 2, G, d)
+    return tokens[:, 0].transpose(0, 1), kv[:, 0], kv[:, 1]
+
+
+def _global_scores(q: Tensor, k_glob: Tensor, present: Tensor, scale: float) -> Tensor:
+    """Scaled scores (H, n_pad, G) of one sequence's queries against its global keys; -inf for empty slots."""
+    return ((q @ k_glob.transpose(-1, -2)) * scale).masked_fill(~present, float("-inf"))
+
+
+def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x (B, n, H, d), index (B, G) -> x's rows at index, (B, G, H, d)."""
+    return x.gather(1, index[..., None, None].expand(-1, -1, *x.shape[2:]))
