@@ -1,0 +1,60 @@
+"""Two experiments' test predictions compared review by review: the accuracy difference with its paired standard
+error (McNemar), overall and on the reviews longer than a token count.
+
+    git show minilm-long-4096:metrics/predictions.csv > long.csv
+    git show minilm-trunc-512:metrics/predictions.csv > trunc.csv
+    python bench/paired_accuracy.py long.csv trunc.csv --dataset ../shared/imdb --tokenizer data/checkpoint
+
+Both files must hold the same test reviews in the same order (the evaluate stage writes them in the test split's
+order, so: the same data.* params). Lengths are counted with the tokenizer of --tokenizer, as the tokenize stage
+counts them, on data.dataset's test split taken as the tokenize stage takes it (all of it: data.test_limit 0 or
+25000).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from longformer.hf import load_tokenizer
+from longformer.pipeline.data import load_raw
+
+
+def paired(a_right: np.ndarray, b_right: np.ndarray) -> str:
+    """`a - b` in accuracy points, with the paired standard error, from per-review correctness."""
+    n = len(a_right)
+    only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
+    diff = (only_a - only_b) / n
+    se = np.sqrt(only_a + only_b - (only_a - only_b) ** 2 / n) / n
+    return (f"{n} reviews: {a_right.mean():.4f} against {b_right.mean():.4f}, difference {100 * diff:+.2f} points "
+            f"(paired standard error {100 * se:.2f}, z = {diff / se:.1f}); only A right on {only_a}, only B on {only_b}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", type=Path, help="predictions.csv of experiment A (actual,predicted)")
+    parser.add_argument("b", type=Path, help="predictions.csv of experiment B")
+    parser.add_argument("--dataset", help="data.dataset, to split the reviews by length")
+    parser.add_argument("--tokenizer", type=Path, default=Path("data/checkpoint"))
+    parser.add_argument("--longer-than", type=int, default=512)
+    args = parser.parse_args()
+
+    a, b = (np.loadtxt(path, delimiter=",", skiprows=1, dtype=int, ndmin=2) for path in (args.a, args.b))
+    if a.shape != b.shape or not (a[:, 0] == b[:, 0]).all():
+        raise SystemExit("the two files do not hold the same test reviews in the same order")
+    a_right, b_right = a[:, 0] == a[:, 1], b[:, 0] == b[:, 1]
+    print("all", paired(a_right, b_right))
+    if args.dataset:
+        texts = load_raw(args.dataset)["test"]["text"]
+        if len(texts) != len(a):
+            raise SystemExit(f"{args.dataset}'s test split has {len(texts)} reviews, the predictions {len(a)}")
+        ids = load_tokenizer(args.tokenizer)(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        long = np.array([len(x) > args.longer_than for x in ids])
+        print(f"over {args.longer_than} tokens", paired(a_right[long], b_right[long]))
+        print(f"{args.longer_than} tokens or fewer", paired(a_right[~long], b_right[~long]))
+
+
+if __name__ == "__main__":
+    main()
