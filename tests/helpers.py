@@ -1,4 +1,6 @@
-"""Helpers the tests share: small checkpoints and stage inputs, running stages, comparing gradients."""
+"""Helpers the tests share: small checkpoints and stage inputs, running stages, comparing gradients. The pipeline
+is imported inside the functions that use it, so that the model's tests run where only the library is installed
+(e.g. the CUDA parity tests on a GPU machine)."""
 
 import ast
 import json
@@ -8,13 +10,8 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
-from longformer import weights
-from longformer.hf import convert_hf_checkpoint, rename_hf_state_dict
-from longformer.pipeline.data import sample_corpus, sample_dataset, save_tokenized, tokenize
-from longformer.pipeline.download import download_checkpoint
-from longformer.pipeline.params import DataParams
+from longformer.hf import rename_hf_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +91,12 @@ def prepare_inputs(root: Path, limit: int, val_size: float = 0.1, dropout: float
     """data/model and data/tokenized as the convert and tokenize stages write them: tiny model, sample reviews."""
     from transformers import AutoTokenizer
 
+    from longformer import weights
+    from longformer.hf import convert_hf_checkpoint
+    from longformer.pipeline.data import sample_corpus, sample_dataset, save_tokenized, tokenize
+    from longformer.pipeline.download import download_checkpoint
+    from longformer.pipeline.params import DataParams
+
     download_checkpoint("tiny", root / "checkpoint", sample_corpus())
     if dropout is not None:
         config = json.loads((root / "checkpoint/config.json").read_text())
@@ -108,6 +111,8 @@ def prepare_inputs(root: Path, limit: int, val_size: float = 0.1, dropout: float
 
 def start_stage(module: str, workdir: Path, inputs: Path, params: dict, *args: str):
     """The real stage (`python -m stages.X`) in `workdir`, reading the inputs' data/ through symlinks."""
+    import yaml
+
     workdir.mkdir(exist_ok=True)
     if not (workdir / "data").exists():
         (workdir / "data").mkdir()
