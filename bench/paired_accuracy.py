@@ -29,7 +29,8 @@ def paired(a_right: np.ndarray, b_right: np.ndarray) -> str:
     diff = (only_a - only_b) / n
     se = np.sqrt(only_a + only_b - (only_a - only_b) ** 2 / n) / n
     return (f"{n} reviews: {a_right.mean():.4f} against {b_right.mean():.4f}, difference {100 * diff:+.2f} points "
-            f"(paired standard error {100 * se:.2f}, z = {diff / se:.1f}); only A right on {only_a}, only B on {only_b}")
+            f"(paired standard error {100 * se:.2f}, z = {diff / se:.1f}); only A right on {only_a}, "
+            f"only B on {only_b}")
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from longformer.pipeline.batching import collate
-from longformer.pipeline.step import make_optimizer
+from longformer.pipeline.step import make_optimizer, optimizer_step
 
-from bench import build_models, pipeline_step, set_checkpointing  # bench/, beside this script
+from bench import build_models, called_as_ours, set_checkpointing  # bench/, beside this script
 
 LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
 
@@ -40,9 +40,10 @@ def main() -> None:
             set_checkpointing(model, checkpointing)
             model.train()
             optimizer = make_optimizer(model, lr=1e-5)
+            runner = called_as_ours(model)
 
             def step() -> None:
-                pipeline_step(model, optimizer, batch, autocast)
+                optimizer_step(runner, [batch], optimizer, autocast=lambda: autocast)
                 torch.cuda.synchronize()
 
             for _ in range(3):  # warm-up (and AdamW state)

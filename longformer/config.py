@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from longformer.errors import ConfigError
 
 # Hugging Face model families the encoder is made from, and the row of the position table that their first
@@ -14,7 +16,7 @@ from longformer.errors import ConfigError
 ROBERTA_FAMILY = ("longformer", "roberta", "xlm-roberta", "camembert")
 BERT_FAMILY = ("bert",)
 DEFAULT_WINDOW = 512  # a BERT or RoBERTa has no window of its own: the Longformer paper's
-HEAD_ACTIVATIONS = ("tanh", "relu", "gelu")  # their modules: longformer.model.ACTIVATIONS
+HEAD_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}  # head.activation -> its module
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from longformer.config import BERT_FAMILY, LongformerConfig, ROBERTA_FAMILY
+from longformer.config import BERT_FAMILY, ROBERTA_FAMILY, LongformerConfig
 from longformer.errors import CheckpointError, MissingInputError, WeightsMismatchError, reading
 
 CONFIG_FILE = "config.json"
@@ -195,8 +195,7 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
     problems += [f"{name}: checkpoint {tuple(found)} vs config {tuple(wanted)}"
                  for name, found, wanted in sorted(info.get("mismatched_keys") or [])]
     if problems:
-        raise WeightsMismatchError(f"checkpoint {checkpoint!r} does not match its config.json: "
-                                      + "; ".join(problems))
+        raise WeightsMismatchError(f"checkpoint {checkpoint!r} does not match its config.json: " + "; ".join(problems))
     try:
         config = LongformerConfig.from_hf_dict(hf_model.config.to_dict())
     except ValueError as error:

@@ -12,13 +12,10 @@ from torch.utils.checkpoint import checkpoint
 
 from longformer import hf, kernels, weights
 from longformer.attention import AttentionMasks, LongformerSelfAttention
-from longformer.config import HeadConfig, LongformerConfig
+from longformer.config import HEAD_ACTIVATIONS, HeadConfig, LongformerConfig
 from longformer.errors import WeightsMismatchError
 
 M = TypeVar("M", bound=nn.Module)
-
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
-
 
 class Embeddings(nn.Module):
     """Word + position + token-type embeddings, then LayerNorm and dropout."""
@@ -148,7 +145,7 @@ class ClassificationHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(hidden_size, head.dim)
         self.dropout = nn.Dropout(head.dropout)
-        self.activation = ACTIVATIONS[head.activation]()
+        self.activation = HEAD_ACTIVATIONS[head.activation]()
         self.out = nn.Linear(head.dim, head.num_labels)
 
     def forward(self, cls: Tensor) -> Tensor:

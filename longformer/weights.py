@@ -35,8 +35,8 @@ def save(directory: str | Path, config: LongformerConfig, state: dict[str, Tenso
 def load(directory: str | Path, head: bool = False) -> tuple[LongformerConfig, dict[str, Tensor], HeadConfig | None]:
     """Config, tensors and (with `head`) the head config of a directory that `save` wrote."""
     directory = Path(directory)
-    _require(directory, (CONFIG_FILE, WEIGHTS_FILE) + ((HEAD_FILE,) if head else ()))
-    config = load_config(directory)
+    config = load_config(directory)  # a missing config.json is named first
+    _require(directory, (WEIGHTS_FILE,) + ((HEAD_FILE,) if head else ()))
     with reading(directory / WEIGHTS_FILE):
         state = load_file(directory / WEIGHTS_FILE)
     if not head:
