@@ -14,7 +14,6 @@ keep_freed_memory).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import multiprocessing
@@ -30,6 +29,7 @@ from transformers import LongformerForSequenceClassification as HFClassifier
 from longformer import HeadConfig, LongformerClassifier, LongformerConfig
 from longformer.hf import rename_hf_state_dict
 from longformer.kernels.onednn import linear_into, use_onednn
+from longformer.pipeline.allocator import LIBC, M_MMAP_THRESHOLD, keep_freed_memory
 from longformer.pipeline.batching import collate, length_bucketed_batches
 from longformer.pipeline.step import make_optimizer, optimizer_step
 
@@ -81,10 +81,6 @@ def default_out(args: argparse.Namespace) -> Path:
     return ROOT / "bench" / "results" / f"{name}.json"
 
 
-LIBC = ctypes.CDLL(None)  # the process's C library (glibc on Linux): mallopt, malloc_trim
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_MMAP_THRESHOLD = -1, -4, -3  # mallopt's parameters (malloc.h)
-
-
 def exact_cpu_memory() -> None:
     """Make process RSS track live tensors: every allocation >= 64 KiB gets its own mmap, unmapped on free.
 
@@ -93,17 +89,6 @@ def exact_cpu_memory() -> None:
     Slower (page faults): only for the memory measurements, which run in a process of their own.
     """
     LIBC.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
-
-
-def keep_freed_memory() -> None:
-    """Serve every allocation from glibc's heap and keep freed memory there, for reuse.
-
-    By default each allocation above 32 MiB (at 4096 tokens: a layer's q/k/v and feed-forward activations,
-    and their gradients) is a fresh mmap, and every one of its 4 KiB pages faults on first touch: seconds of
-    kernel time per training step. This switches that off for the whole process (both models).
-    """
-    LIBC.mallopt(M_MMAP_MAX, 0)
-    LIBC.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 class PeakMemory:

@@ -6,10 +6,15 @@ heads of 32) made a 4096-token Longformer, in three models, at batch 1 and batch
 * transformers' `BertForSequenceClassification` on the original weights, the same reviews truncated at 512;
 * ours on the reviews truncated at 512 (the pipeline's `data.max_length=512`).
 
-    python bench/small_encoder.py --reviews 64        # needs ../shared/imdb; writes bench/results/...-minilm.json
+    python bench/small_encoder.py --reviews 128       # needs ../shared/imdb; writes bench/results/...-minilm.json
 
-Dropout as the checkpoint has it (0.1), the pipeline's optimizer step (cross-entropy, fused AdamW). Each model's
-time is the fastest of --repeats passes over all the reviews, after one warm-up step.
+The reviews are 16 batches of 8 (--reviews 128) drawn as the pipeline's training draws them
+(`real_reviews`); batch 1 takes the same reviews one at a time. Training as the pipeline trains: dropout as the
+checkpoint has it (0.1), the pipeline's optimizer step (cross-entropy with label smoothing 0.1, gradients
+clipped to norm 1, fused AdamW), the same number of reviews per optimizer step at every batch size
+(--reviews-per-step 16: batch 1 accumulates 16 batches, as the reference recipe does, batch 8 two, as the
+pipeline's default does), and glibc keeping freed memory, as the train stage sets it (keep_freed_memory).
+Each model's time is the fastest of --repeats passes over all the reviews, after one warm-up step.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from transformers import AutoTokenizer, BertForSequenceClassification, LongformerForSequenceClassification
 
 from longformer import HeadConfig, LongformerClassifier
+from longformer.pipeline.allocator import keep_freed_memory
 from longformer.pipeline.batching import collate, length_bucketed_batches
 from longformer.pipeline.data import load_raw, truncate
 from longformer.pipeline.download import minilm_directory
@@ -36,13 +42,19 @@ from imdb_sample import IMDB
 LONG, SHORT = 4096, 512  # the long models' length, and BERT's
 
 
-def real_reviews(count: int, tokenizer, seed: int = 0) -> tuple[list[list[int]], list[int]]:
-    """Token ids (at most LONG, the last special token kept) and labels of `count` random IMDb test reviews."""
+def real_reviews(count: int, batch_size: int, tokenizer, pool: int = 400,
+                 seed: int = 0) -> tuple[list[list[int]], list[int]]:
+    """Token ids (at most LONG, the last special token kept) and labels of `count` IMDb test reviews, drawn as
+    the pipeline's training draws its batches: `pool` random reviews (the pipeline's bucket of 50 batches of 8)
+    sorted by length and cut into batches of `batch_size`, of which count / batch_size are taken at random."""
     test = load_raw(str(IMDB))["test"]
-    picked = random.Random(seed).sample(range(len(test)), count)
-    rows = test.select(picked)
+    rows = test.select(random.Random(seed).sample(range(len(test)), pool))
     ids = tokenizer(list(rows["text"]), add_special_tokens=True, verbose=False)["input_ids"]
-    return [truncate(x, LONG) for x in ids], list(rows["label"])
+    ids = [truncate(x, LONG) for x in ids]
+    batches = length_bucketed_batches([len(x) for x in ids], batch_size, shuffle=True, seed=seed,
+                                      bucket_batches=pool // batch_size)
+    picked = [i for batch in batches[:count // batch_size] for i in batch]
+    return [ids[i] for i in picked], [rows[i]["label"] for i in picked]
 
 
 def build_models(directory: Path, scratch: Path) -> dict[str, tuple[torch.nn.Module, int]]:
@@ -56,32 +68,39 @@ def build_models(directory: Path, scratch: Path) -> dict[str, tuple[torch.nn.Mod
             f"transformers BERT, {SHORT} tokens": (LogitsOf(bert), SHORT), f"ours, {SHORT} tokens": (ours, SHORT)}
 
 
-def time_training(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], repeats: int) -> float:
-    """Seconds for one optimizer step per batch (the fastest of `repeats` passes), after a warm-up step."""
+def time_training(model: torch.nn.Module, steps: list[list[dict[str, torch.Tensor]]], repeats: int) -> float:
+    """Seconds for an optimizer step over each list of batches (the fastest of `repeats` passes over them all),
+    after a warm-up step."""
     model.train()
     optimizer = make_optimizer(model, lr=1e-5)
-    optimizer_step(model, batches[:1], optimizer)
+    recipe = dict(label_smoothing=0.1, max_grad_norm=1.0)
+    optimizer_step(model, steps[0], optimizer, **recipe)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        for batch in batches:
-            optimizer_step(model, [batch], optimizer)
+        for batches in steps:
+            optimizer_step(model, batches, optimizer, **recipe)
         best = min(best, time.perf_counter() - start)
     return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reviews", type=int, default=64)
+    parser.add_argument("--reviews", type=int, default=128)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--reviews-per-step", type=int, default=16,
+                        help="reviews per optimizer step at every batch size; 0: one step per batch")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--default-allocator", action="store_true", help="glibc's defaults (page faults)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     out = args.out or ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-{cpu_label(cpu_kind())}-minilm.json"
 
+    if not args.default_allocator:
+        keep_freed_memory()
     directory = minilm_directory()
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    reviews, labels = real_reviews(args.reviews, tokenizer)
+    reviews, labels = real_reviews(args.reviews, max(args.batch_sizes), tokenizer)
     lengths = [len(r) for r in reviews]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(reviews)} IMDb test reviews, "
           f"{sum(lengths)} tokens, longest {max(lengths)}, {sum(n > SHORT for n in lengths)} over {SHORT}", flush=True)
@@ -94,7 +113,9 @@ def main() -> None:
                 order = length_bucketed_batches([len(r) for r in cut], batch_size, shuffle=True)
                 batches = [collate([cut[i] for i in batch], [labels[i] for i in batch], tokenizer.pad_token_id)
                            for batch in order]
-                seconds = time_training(model, batches, args.repeats)
+                per_step = max(1, args.reviews_per_step // batch_size)
+                steps = [batches[i:i + per_step] for i in range(0, len(batches), per_step)]
+                seconds = time_training(model, steps, args.repeats)
                 rows.append(dict(model=name, batch_size=batch_size, reviews=len(cut), tokens=sum(map(len, cut)),
                                  seconds=seconds, reviews_per_s=len(cut) / seconds))
                 print(f"  batch {batch_size}  {name:32s} {seconds:7.1f} s  {len(cut) / seconds:6.2f} reviews/s",

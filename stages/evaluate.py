@@ -3,6 +3,7 @@
 import time
 from pathlib import Path
 
+from longformer.pipeline.allocator import keep_freed_memory
 from longformer.pipeline.cli import app, user_errors
 from longformer.pipeline.distributed import is_main_process, relaunch_under_torchrun
 from longformer.pipeline.evaluate import evaluate
@@ -19,6 +20,7 @@ def main(params: Path = Path("params.yaml"), model: Path = Path("data/train"), d
     p = load_params(params)
     if relaunch_under_torchrun(p.train.nproc, "stages.evaluate"):
         return
+    keep_freed_memory()  # every step allocates the same buffers again: reuse them, no page faults
     start = time.perf_counter()
     result = evaluate(model, data, metrics, predictions, p.evaluate.batch_size)
     if is_main_process():

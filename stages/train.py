@@ -3,6 +3,7 @@
 import time
 from pathlib import Path
 
+from longformer.pipeline.allocator import keep_freed_memory
 from longformer.pipeline.cli import app, user_errors
 from longformer.pipeline.distributed import is_main_process, relaunch_under_torchrun
 from longformer.pipeline.params import load_params
@@ -19,6 +20,7 @@ def main(params: Path = Path("params.yaml"), model: Path = Path("data/model"), d
     p = load_params(params)
     if relaunch_under_torchrun(p.train.nproc, "stages.train"):
         return
+    keep_freed_memory()  # every step allocates the same buffers again: reuse them, no page faults
     start = time.perf_counter()
     best = train(model, data, out, metrics, p.head, p.train)
     if is_main_process():

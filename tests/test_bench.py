@@ -1,5 +1,5 @@
-"""bench/bench.py end to end at one short length: both models timed, memory measured, batched training steps over
-given review lengths, JSON written."""
+"""The benches end to end: bench/bench.py at one short length (both models timed, memory measured, batched training
+steps over given review lengths, JSON written), bench/small_encoder.py on a batch of real reviews."""
 
 import argparse
 import json
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, SHARED_IMDB
 
 
 @pytest.mark.slow  # two base-shaped models
@@ -51,3 +51,21 @@ def test_results_are_filed_by_date_cpu_device_and_dtype(monkeypatch):
     monkeypatch.setattr(bench, "cpu_kind", lambda: zen4)
     args = argparse.Namespace(device="cpu", dtype="fp32", large=True)
     assert bench.default_out(args).name == f"{time.strftime('%Y-%m-%d')}-zen4-cpu-fp32-large.json"
+
+
+@pytest.mark.slow  # four models, two batch sizes
+@pytest.mark.skipif(not SHARED_IMDB.is_dir(), reason="needs the real IMDb reviews in ../shared/imdb")
+def test_small_encoder_bench_on_real_reviews(tmp_path):
+    out = tmp_path / "minilm.json"
+    result = subprocess.run([sys.executable, "bench/small_encoder.py", "--reviews", "8", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    models = ["ours", "transformers Longformer", "transformers BERT, 512 tokens", "ours, 512 tokens"]
+    assert [(r["model"], r["batch_size"], r["reviews"]) for r in report["rows"]] == [
+        (model, batch, 8) for batch in (1, 8) for model in models]
+    speed = {(r["model"], r["batch_size"]): r["reviews_per_s"] for r in report["rows"]}
+    assert report["summary"]["batch 8 / batch 1"]["ours"] == pytest.approx(speed["ours", 8] / speed["ours", 1])
+    # one pipeline batch of 8 reviews; truncated at 512 the same reviews have no more tokens than at 4096
+    long, short = report["rows"][0], report["rows"][3]
+    assert short["tokens"] <= long["tokens"] <= 8 * 4096
