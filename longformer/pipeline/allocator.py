@@ -1,8 +1,9 @@
 """glibc's allocator, set for training on the CPU: freed memory kept for reuse instead of handed back.
 
 By default every allocation above glibc's mmap threshold (128 KiB at first, raised up to 32 MiB as blocks are
-freed) is a fresh `mmap`, unmapped again on free, and each of its 4 KiB pages faults when first touched. A training step allocates and frees the same
-activations and gradients every time, so by default it pays those page faults on every step.
+freed) is a fresh `mmap`, unmapped again on free, and each of its 4 KiB pages faults when first touched. A
+training step allocates and frees the same activations and gradients every time, so it pays those page faults
+on every step.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt's paramet
 
 def _libc() -> ctypes.CDLL | None:
     """The process's C library where it has glibc's `mallopt` (Linux), else None."""
-    libc = ctypes.CDLL(None)
+    try:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # no C library to open by that name (Windows)
+        return None
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "gnu_get_libc_version") else None
 
 
