@@ -1,5 +1,5 @@
 """The benches end to end: bench/bench.py at one short length (both models timed, memory measured, batched training
-steps over given review lengths, JSON written), bench/small_encoder.py on a batch of real reviews."""
+steps over given review lengths, JSON written), bench/small_encoder.py on a batch of real reviews, bench/batch_sizes.py at two lengths."""
 
 import argparse
 import json
@@ -69,3 +69,13 @@ def test_small_encoder_bench_on_real_reviews(tmp_path):
     # one pipeline batch of 8 reviews; truncated at 512 the same reviews have no more tokens than at 4096
     long, short = report["rows"][0], report["rows"][3]
     assert short["tokens"] <= long["tokens"] <= 8 * 4096
+
+
+def test_batch_sizes_bench_writes_a_row_per_length(tmp_path):
+    out = tmp_path / "batch-sizes.json"
+    result = subprocess.run([sys.executable, "bench/batch_sizes.py", "--lengths", "9", "16", "--batch-sizes", "1", "8",
+                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["tokens"] for row in rows] == [9, 16]
+    assert all(row["batch 1 ms per review"] > 0 and row["batch 8 ms per review"] > 0 for row in rows)
