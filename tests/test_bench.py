@@ -1,5 +1,6 @@
 """The benches end to end: bench/bench.py at one short length (both models timed, memory measured, batched training
-steps over given review lengths, JSON written), bench/small_encoder.py on a batch of real reviews, bench/batch_sizes.py at two lengths."""
+steps over given review lengths, JSON written), bench/small_encoder.py on a batch of real reviews,
+bench/batch_sizes.py at two lengths."""
 
 import argparse
 import json
