@@ -92,6 +92,7 @@ def main() -> None:
                         help="reviews per optimizer step at every batch size; 0: one step per batch")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--default-allocator", action="store_true", help="glibc's defaults (page faults)")
+    parser.add_argument("--only-ours", action="store_true", help="time ours alone (A/B runs of a setting)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     out = args.out or ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-{cpu_label(cpu_kind())}-minilm.json"
@@ -107,6 +108,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         models = build_models(directory, Path(scratch))
+        if args.only_ours:
+            models = {"ours": models["ours"]}
         for batch_size in args.batch_sizes:
             for name, (model, longest) in models.items():
                 cut = [truncate(r, longest) for r in reviews]
