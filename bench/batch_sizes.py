@@ -11,7 +11,6 @@ sets it; each figure is the best of two timings of 32 reviews, after a warm-up.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from longformer import HeadConfig, LongformerClassifier
 from longformer.pipeline.allocator import keep_freed_memory
 from longformer.pipeline.download import minilm_directory
 
-from bench import ROOT, cpu_kind, cpu_label  # bench/, beside this script
+from bench import cpu_kind, cpu_label, results_path, write_results  # bench/, beside this script
 
 REVIEWS = 32  # per timing, at every batch size
 
@@ -51,8 +50,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    name = f"{time.strftime('%Y-%m-%d')}-{cpu_label(cpu_kind())}-minilm-batch-sizes.json"
-    out = args.out or ROOT / "bench" / "results" / name
+    out = args.out or results_path(cpu_label(cpu_kind()), "minilm-batch-sizes")
 
     keep_freed_memory()
     torch.manual_seed(0)
@@ -62,10 +60,7 @@ def main() -> None:
         times = {f"batch {b} ms per review": ms_per_review(model, b, tokens) for b in args.batch_sizes}
         rows.append({"tokens": tokens} | times)
         print(f"{tokens:5d} tokens  " + "  ".join(f"{key} {ms:6.1f}" for key, ms in times.items()), flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(setup=dict(vars(args), out=str(out), torch=torch.__version__,
-                                              threads=torch.get_num_threads(), cpu_kind=cpu_kind()),
-                                   rows=rows), indent=2, default=str) + "\n")
+    write_results(out, args, dict(rows=rows))
 
 
 if __name__ == "__main__":

@@ -77,8 +77,20 @@ def default_out(args: argparse.Namespace) -> Path:
         machine = torch.cuda.get_device_name().split()[-1].lower()  # e.g. h200
     else:
         machine = cpu_label(cpu_kind())
-    name = f"{time.strftime('%Y-%m-%d')}-{machine}-{device}-{args.dtype}" + ("-large" if args.large else "")
-    return ROOT / "bench" / "results" / f"{name}.json"
+    return results_path(machine, f"{device}-{args.dtype}" + ("-large" if args.large else ""))
+
+
+def results_path(machine: str, what: str) -> Path:
+    """bench/results/DATE-MACHINE-WHAT.json, where every bench files its runs."""
+    return ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-{machine}-{what}.json"
+
+
+def write_results(out: Path, args: argparse.Namespace, results: dict, **setup) -> None:
+    """out: the results, after a `setup` of the arguments, torch, threads and CPU kind (plus `setup`)."""
+    setup = dict(vars(args), out=str(out), torch=torch.__version__, threads=torch.get_num_threads(),
+                 cpu_kind=cpu_kind(), **setup)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(setup=setup, **results), indent=2, default=str) + "\n")
 
 
 def exact_cpu_memory() -> None:
@@ -498,13 +510,10 @@ def main() -> None:
         row["forward_matmul_fraction"] = flops / row["forward_s"] / rate
         row["forward_backward_matmul_fraction"] = 3 * flops / row["forward_backward_s"] / rate
     summary = summarize(rows, imdb, no_faults) if "transformers" in models else {"ratios": {}}
-    result = dict(setup=dict(vars(args), out=str(args.out), torch=torch.__version__, threads=torch.get_num_threads(),
-                             cpu=os.cpu_count(), cpu_kind=cpu_kind(), matmul_gflops=rate / 1e9,
-                             matmul_gflops_by_library={k: v / 1e9 for k, v in library_rates.items()},
-                             shape="large" if args.large else "base"),
-                  lengths=rows, freed_memory_kept=no_faults, imdb=imdb, summary=summary)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_results(args.out, args, dict(lengths=rows, freed_memory_kept=no_faults, imdb=imdb, summary=summary),
+                  cpu=os.cpu_count(), matmul_gflops=rate / 1e9,
+                  matmul_gflops_by_library={k: v / 1e9 for k, v in library_rates.items()},
+                  shape="large" if args.large else "base")
     print()
     if "transformers" in models:
         print(markdown_table(rows, summary, library_rates))

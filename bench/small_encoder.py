@@ -36,7 +36,7 @@ from longformer.pipeline.data import load_raw, truncate
 from longformer.pipeline.download import minilm_directory
 from longformer.pipeline.step import make_optimizer, optimizer_step
 
-from bench import ROOT, LogitsOf, cpu_kind, cpu_label  # bench/, beside this script
+from bench import LogitsOf, cpu_kind, cpu_label, results_path, write_results  # bench/, beside this script
 from imdb_sample import IMDB
 
 LONG, SHORT = 4096, 512  # the long models' length, and BERT's
@@ -57,10 +57,12 @@ def real_reviews(count: int, batch_size: int, tokenizer, pool: int = 400,
     return [ids[i] for i in picked], [rows[i]["label"] for i in picked]
 
 
-def build_models(directory: Path, scratch: Path) -> dict[str, tuple[torch.nn.Module, int]]:
+def build_models(directory: Path, scratch: Path, only_ours: bool = False) -> dict[str, tuple[torch.nn.Module, int]]:
     """name -> (model called as ours is, the longest input it reads)."""
     torch.manual_seed(0)
     ours = LongformerClassifier.from_hf(directory, HeadConfig(dim=384), max_length=LONG)
+    if only_ours:
+        return {"ours": (ours, LONG)}
     ours.encoder.save_hf(scratch)
     hf_long = LongformerForSequenceClassification.from_pretrained(scratch, num_labels=2)
     bert = BertForSequenceClassification.from_pretrained(directory, num_labels=2)
@@ -95,7 +97,7 @@ def main() -> None:
     parser.add_argument("--only-ours", action="store_true", help="time ours alone (A/B runs of a setting)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    out = args.out or ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-{cpu_label(cpu_kind())}-minilm.json"
+    out = args.out or results_path(cpu_label(cpu_kind()), "minilm")
 
     if not args.default_allocator:
         keep_freed_memory()
@@ -107,9 +109,7 @@ def main() -> None:
           f"{sum(lengths)} tokens, longest {max(lengths)}, {sum(n > SHORT for n in lengths)} over {SHORT}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        models = build_models(directory, Path(scratch))
-        if args.only_ours:
-            models = {"ours": models["ours"]}
+        models = build_models(directory, Path(scratch), args.only_ours)
         for batch_size in args.batch_sizes:
             for name, (model, longest) in models.items():
                 cut = [truncate(r, longest) for r in reviews]
@@ -130,10 +130,7 @@ def main() -> None:
     if len(args.batch_sizes) > 1:
         first, last = args.batch_sizes[0], args.batch_sizes[-1]
         summary[f"batch {last} / batch {first}"] = {name: speed[name, last] / speed[name, first] for name in names}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(setup=dict(vars(args), out=str(out), torch=torch.__version__,
-                                              threads=torch.get_num_threads(), cpu_kind=cpu_kind()),
-                                   rows=rows, summary=summary), indent=2, default=str) + "\n")
+    write_results(out, args, dict(rows=rows, summary=summary))
     print(json.dumps(summary, indent=2))
 
 
