@@ -1,8 +1,8 @@
 """Two experiments' test predictions compared review by review: the accuracy difference with its paired standard
 error (McNemar), overall and on the reviews longer than a token count.
 
-    git show minilm-long-4096:metrics/predictions.csv > long.csv
-    git show minilm-trunc-512:metrics/predictions.csv > trunc.csv
+    dvc exp branch minilm-long-4096 long && git show long:metrics/predictions.csv > long.csv
+    dvc exp branch minilm-trunc-512 trunc && git show trunc:metrics/predictions.csv > trunc.csv
     python bench/paired_accuracy.py long.csv trunc.csv --dataset ../shared/imdb --tokenizer data/checkpoint
 
 Both files must hold the same test reviews in the same order (the evaluate stage writes them in the test split's
@@ -48,7 +48,7 @@ def main() -> None:
     a_right, b_right = a[:, 0] == a[:, 1], b[:, 0] == b[:, 1]
     print("all", paired(a_right, b_right))
     if args.dataset:
-        texts = load_raw(args.dataset)["test"]["text"]
+        texts = list(load_raw(args.dataset)["test"]["text"])  # a datasets Column is not a list the tokenizer takes
         if len(texts) != len(a):
             raise SystemExit(f"{args.dataset}'s test split has {len(texts)} reviews, the predictions {len(a)}")
         ids = load_tokenizer(args.tokenizer)(texts, add_special_tokens=True, verbose=False)["input_ids"]

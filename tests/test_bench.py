@@ -1,13 +1,15 @@
 """The benches end to end: bench/bench.py at one short length (both models timed, memory measured, batched training
 steps over given review lengths, JSON written), bench/small_encoder.py on a batch of real reviews,
-bench/batch_sizes.py at two lengths."""
+bench/batch_sizes.py at two lengths, bench/paired_accuracy.py on made-up predictions for the sample's test reviews."""
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.helpers import ROOT, SHARED_IMDB
@@ -80,3 +82,27 @@ def test_batch_sizes_bench_writes_a_row_per_length(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [row["tokens"] for row in rows] == [9, 16]
     assert all(row["batch 1 ms per review"] > 0 and row["batch 8 ms per review"] > 0 for row in rows)
+
+
+def test_paired_accuracy_splits_the_test_reviews_by_length(tmp_path):
+    from longformer.pipeline.data import load_raw
+    from longformer.pipeline.download import minilm_directory
+
+    labels = np.asarray(load_raw("sample")["test"]["label"])
+    wrong_every = {"a": 3, "b": 5}  # A is wrong on every third review, B on every fifth
+    for name, every in wrong_every.items():
+        predicted = labels.copy()
+        predicted[::every] = 1 - predicted[::every]
+        np.savetxt(tmp_path / f"{name}.csv", np.stack([labels, predicted], 1), fmt="%d", delimiter=",",
+                   header="actual,predicted", comments="")
+    result = subprocess.run([sys.executable, "bench/paired_accuracy.py", str(tmp_path / "a.csv"),
+                             str(tmp_path / "b.csv"), "--dataset", "sample", "--tokenizer", str(minilm_directory()),
+                             "--longer-than", "256"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = dict(re.findall(r"^(all|over 256 tokens|256 tokens or fewer) (\d+) reviews", result.stdout, re.M))
+    assert int(counts["all"]) == len(labels)
+    assert int(counts["over 256 tokens"]) + int(counts["256 tokens or fewer"]) == len(labels)
+    assert 0 < int(counts["over 256 tokens"]) < len(labels)
+    n = len(labels)
+    a_acc, b_acc = 1 - len(range(0, n, 3)) / n, 1 - len(range(0, n, 5)) / n
+    assert f"all {n} reviews: {a_acc:.4f} against {b_acc:.4f}" in result.stdout
