@@ -37,6 +37,7 @@ from longformer import kernels
 # Not cuDNN's attention: it builds a graph for every new input shape, and IMDb's lengths vary from batch to batch;
 # the memory-efficient kernel takes our masks.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+FIXED_LAYOUT_BLOCK = 64  # queries per block, at most, in the fixed layout (AttentionMasks.fixed_layout)
 
 
 @dataclass
@@ -47,6 +48,10 @@ class AttentionMasks:
     key_local: Tensor  # (B, n) bool: reachable through the sliding window (valid and not global)
     global_index: Tensor  # (B, G) long: global positions first; spare slots hold distinct non-global positions
     global_present: Tensor  # (B, G) bool: the slot holds a real global token
+    # Blocks of window queries at every length, never one dense block for a short input: the same computation
+    # whatever the length, as a graph exported once for all lengths needs. Its blocks are small (FIXED_LAYOUT_BLOCK):
+    # a block of L queries computes L + 2P scores each, and for a short input most of those are padding.
+    fixed_layout: bool = False
     # (one_sided, block, dtype) -> (mask, L, P), per forward
     _window_masks: dict[tuple[int, int | None, torch.dtype | None], tuple[Tensor, int, int]] = field(
         default_factory=dict, repr=False)
@@ -61,6 +66,15 @@ class AttentionMasks:
         order = torch.argsort((~is_global).to(torch.int8), dim=1, stable=True)[:, :num_global]
         return cls(valid, valid & ~is_global, order, is_global.gather(1, order))
 
+    @classmethod
+    def first_token_global(cls, attention_mask: Tensor, fixed_layout: bool = False) -> AttentionMasks:
+        """Masks where the first token is the only global one (a classifier's <s>/CLS), built without a host sync:
+        traceable for any batch and length."""
+        valid = attention_mask.bool()
+        first = torch.arange(valid.shape[1], device=valid.device) == 0
+        return cls(valid, valid & ~first, torch.zeros_like(valid[:, :1], dtype=torch.long), valid[:, :1],
+                   fixed_layout=fixed_layout)
+
     @property
     def num_global(self) -> int:
         return self.global_index.shape[1]
@@ -70,7 +84,12 @@ class AttentionMasks:
         """Mask (B * blocks, 1, L, L + 2P) of the window keys, for blocks of L = `block` queries (default: one_sided,
         which must be a multiple of L) that each see P = one_sided extra keys per side, or one dense block (L = n,
         P = 0) when one block's window would hold the whole input anyway; bool (True = attend), or additive
-        (0 / -inf) in `dtype`. Also returns L and P."""
+        (0 / -inf) in `dtype`. Also returns L and P. With `fixed_layout`, blocks at every length, by default of
+        at most FIXED_LAYOUT_BLOCK queries."""
+        if block is None and self.fixed_layout:
+            block = one_sided
+            while block > FIXED_LAYOUT_BLOCK and block % 2 == 0:
+                block //= 2
         key = (one_sided, block, dtype)
         if key not in self._window_masks:
             if dtype is None:
@@ -83,8 +102,8 @@ class AttentionMasks:
 
     def _build_window_mask(self, w: int, block: int) -> tuple[Tensor, int, int]:
         n = self.valid.shape[1]
-        block, pad = (n, 0) if n <= block + 2 * w else (block, w)
-        n_pad = math.ceil(n / block) * block
+        block, pad = (n, 0) if not self.fixed_layout and n <= block + 2 * w else (block, w)
+        n_pad = (n + block - 1) // block * block  # ceil with no negative operand: ONNX truncates integer division
         key_ok = F.pad(self.key_local, (pad, pad + n_pad - n), value=False).unfold(1, block + 2 * pad, block)
         rel = torch.arange(block + 2 * pad, device=self.valid.device)[None, :] - pad
         rel = rel - torch.arange(block, device=self.valid.device)[:, None]  # key pos - query pos, (L, L + 2P)
@@ -131,10 +150,14 @@ def sdpa_window_attention(qkv: Tensor, masks: AttentionMasks, one_sided: int, dr
     """The portable version: each block's window and the global keys copied side by side, one SDPA call."""
     batch, n, _, heads, head_dim = qkv.shape
     q, k, v = qkv.unbind(2)
-    local, block, pad = masks.window_mask(one_sided)
-    n_pad = math.ceil(n / block) * block
+    # An exported graph gets an additive mask: a bool one is a select over the scores there, and a NaN check.
+    additive = qkv.dtype if masks.fixed_layout else None
+    local, block, pad = masks.window_mask(one_sided, additive)
+    n_pad = (n + block - 1) // block * block
     blocks = n_pad // block
     glob = masks.global_present[:, None, None, None, :].expand(-1, blocks, -1, block, -1).flatten(0, 1)
+    if additive:
+        glob = torch.zeros(glob.shape, dtype=additive, device=glob.device).masked_fill(~glob, float("-inf"))
     mask = torch.cat([glob, local], dim=-1)  # (B * blocks, 1, L, G + L + 2P)
 
     # Queries: (B, n_pad, H, d) -> (B * blocks, H, L, d).

@@ -118,14 +118,14 @@ class LongformerConfig:
 class HeadConfig:
     """The classification head: Linear(hidden, dim) -> Dropout -> activation -> Dropout -> Linear(dim, labels)."""
 
-    dim: int = 768
+    dim: int = 768  # 0: the encoder's hidden size (transformers' head; the reference's 768 on a base model)
     dropout: float = 0.1
     activation: str = "tanh"
     num_labels: int = 2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dim, int) or self.dim < 1:
-            raise ConfigError(f"head.dim must be a positive integer, got {self.dim!r}")
+        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 0:
+            raise ConfigError(f"head.dim must be a positive integer (or 0: the hidden size), got {self.dim!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"head.dropout must be in [0, 1), got {self.dropout!r}")
         if self.activation not in HEAD_ACTIVATIONS:

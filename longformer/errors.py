@@ -44,6 +44,10 @@ class WorkerDiedError(UserError):
     """A process of a multi-process stage died (a signal, or an error it could not report)."""
 
 
+class PartialExportWarning(UserWarning):
+    """An export that had to leave part of the model out (e.g. a head the target format cannot express)."""
+
+
 @contextmanager
 def reading(path: str | Path) -> Iterator[None]:
     """Turn any failure while reading `path` into an UnreadableFileError that names it."""

@@ -3,7 +3,8 @@
 * `convert_hf_checkpoint`: a Longformer, BERT or RoBERTa checkpoint (hub id or local directory) -> our config +
   state dict (renamed, q/k/v fused); a BERT or RoBERTa becomes a long Longformer the way the Longformer was made
   from RoBERTa.
-* `save_hf`: our encoder -> a Hugging Face `LongformerModel` directory.
+* `save_hf`: our encoder -> a Hugging Face `LongformerModel` directory; `save_hf_classifier`: our classifier -> a
+  `LongformerForSequenceClassification` directory, whose head `read_hf_head` reads back.
 * `load_tokenizer`: a checkpoint directory's tokenizer.
 Our own format (config + safetensors) lives in `longformer.weights`.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from longformer.config import BERT_FAMILY, ROBERTA_FAMILY, LongformerConfig
+from longformer.config import BERT_FAMILY, ROBERTA_FAMILY, HeadConfig, LongformerConfig
 from longformer.errors import CheckpointError, MissingInputError, WeightsMismatchError, reading
 
 CONFIG_FILE = "config.json"
@@ -214,13 +215,23 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
 # ---------------------------------------------------------------------------------------------------------------
 # Writing Hugging Face checkpoints
 
-def save_hf(config: LongformerConfig, state: dict[str, Tensor], directory: str | Path,
-            tokenizer: str | Path | None = None) -> None:
-    """Write our encoder as a Hugging Face `LongformerModel` directory (config + safetensors), with the tokenizer of
-    the checkpoint directory `tokenizer` if given, so that `transformers`' `from_pretrained` loads it."""
+def hf_config(config: LongformerConfig, **extra):
+    """Our encoder's config as a transformers `LongformerConfig` (extra: e.g. a classifier's labels)."""
     from transformers import LongformerConfig as HFLongformerConfig
-    from transformers import LongformerModel as HFLongformerModel
 
+    hf_offset = config.pad_token_id + 1  # transformers' Longformer puts the first token at this row
+    return HFLongformerConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
+        attention_window=list(config.attention_window), max_position_embeddings=hf_offset + config.max_length,
+        type_vocab_size=config.type_vocab_size, pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, layer_norm_eps=config.layer_norm_eps,
+        hidden_dropout_prob=config.hidden_dropout, attention_probs_dropout_prob=config.attention_dropout,
+        hidden_act=config.hidden_act, **extra)
+
+
+def to_hf_encoder_state(config: LongformerConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our encoder's tensors as transformers' `LongformerModel` holds them."""
     hf_state = to_hf_state_dict(state)
     # Hugging Face's Longformer puts the first token at row pad_token_id + 1 (RoBERTa's scheme): move a table
     # that starts elsewhere (BERT's, at 0) there, with zero rows for padding below it.
@@ -229,18 +240,88 @@ def save_hf(config: LongformerConfig, state: dict[str, Tensor], directory: str |
     head = (table[:hf_offset] if config.position_offset == hf_offset
             else table.new_zeros(hf_offset, table.shape[1]))
     hf_state["embeddings.position_embeddings.weight"] = torch.cat([head, table[config.position_offset:]])
-    hf_config = HFLongformerConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
-        attention_window=list(config.attention_window), max_position_embeddings=hf_offset + config.max_length,
-        type_vocab_size=config.type_vocab_size, pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id, layer_norm_eps=config.layer_norm_eps,
-        hidden_dropout_prob=config.hidden_dropout, attention_probs_dropout_prob=config.attention_dropout,
-        hidden_act=config.hidden_act)
-    model = HFLongformerModel(hf_config, add_pooling_layer=False)
-    model.load_state_dict({k: v.detach().cpu() for k, v in hf_state.items()}, strict=True)
+    return {k: v.detach().cpu() for k, v in hf_state.items()}
+
+
+def save_hf(config: LongformerConfig, state: dict[str, Tensor], directory: str | Path,
+            tokenizer: str | Path | None = None, tokenizer_max_length: int | None = None) -> None:
+    """Write our encoder as a Hugging Face `LongformerModel` directory (config + safetensors), with the tokenizer of
+    the checkpoint directory `tokenizer` if given, so that `transformers`' `from_pretrained` loads it."""
+    from transformers import LongformerModel as HFLongformerModel
+
+    model = HFLongformerModel(hf_config(config), add_pooling_layer=False)
+    model.load_state_dict(to_hf_encoder_state(config, state), strict=True)
     model.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory, tokenizer_max_length or config.max_length)
+
+
+def save_tokenizer(tokenizer: str | Path | None, directory: str | Path, max_length: int) -> None:
+    """The tokenizer of the checkpoint directory `tokenizer` (if given) into `directory`, truncating at max_length."""
     if tokenizer is not None:
         hf_tokenizer = load_tokenizer(tokenizer)
-        hf_tokenizer.model_max_length = config.max_length
+        hf_tokenizer.model_max_length = max_length
         hf_tokenizer.save_pretrained(directory)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Classifiers: transformers' `LongformerForSequenceClassification`, whose head is dense(hidden -> hidden) -> tanh ->
+# dropout -> out_proj on the first token (with dropout before dense too): ours, when head.dim is the hidden size
+# and the activation tanh (dropout only acts in training).
+
+HF_HEAD_NAMES = {"classifier.dense": "dense", "classifier.out_proj": "out"}  # theirs -> ours (`head.` in a model)
+# RoBERTa-family task models that carry such a head: `from_hf` reads it back.
+HF_CLASSIFIERS = ("LongformerForSequenceClassification", "RobertaForSequenceClassification",
+                  "XLMRobertaForSequenceClassification", "CamembertForSequenceClassification")
+
+
+def hf_head_problem(head: HeadConfig, hidden_size: int) -> str | None:
+    """Why transformers' Longformer classification head cannot hold `head`; None if it can."""
+    reasons = ([f"head.dim is {head.dim}, not the hidden size {hidden_size}"] if head.dim != hidden_size else []) + \
+        ([f"head.activation is {head.activation}, not tanh"] if head.activation != "tanh" else [])
+    return " and ".join(reasons) or None
+
+
+def save_hf_classifier(config: LongformerConfig, state: dict[str, Tensor], head: HeadConfig, directory: str | Path,
+                       tokenizer: str | Path | None = None, labels: list[str] | None = None,
+                       tokenizer_max_length: int | None = None) -> bool:
+    """Write our classifier (state: `encoder.*` and `head.*`) as a Hugging Face `LongformerForSequenceClassification`
+    directory, labels named by `labels` (default LABEL_0, ...). A head transformers cannot express is left out: the
+    directory then holds the encoder alone (`LongformerModel`). Returns whether the head was written."""
+    from transformers import LongformerForSequenceClassification
+
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    if hf_head_problem(head, config.hidden_size):
+        save_hf(config, encoder, directory, tokenizer, tokenizer_max_length)
+        return False
+    labels = labels or [f"LABEL_{i}" for i in range(head.num_labels)]
+    # classifier_dropout: the head's own dropout, read back by read_hf_head (transformers' Longformer trains its head
+    # with hidden_dropout_prob; dropout does nothing at inference)
+    model = LongformerForSequenceClassification(hf_config(
+        config, num_labels=head.num_labels, id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}, classifier_dropout=head.dropout))
+    hf_state = {f"longformer.{k}": v for k, v in to_hf_encoder_state(config, encoder).items()}
+    hf_state |= {f"{theirs}.{kind}": state[f"head.{ours}.{kind}"].detach().cpu()
+                 for theirs, ours in HF_HEAD_NAMES.items() for kind in ("weight", "bias")}
+    model.load_state_dict(hf_state, strict=True)
+    model.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory, tokenizer_max_length or config.max_length)
+    return True
+
+
+def read_hf_head(checkpoint: str | Path) -> tuple[HeadConfig, dict[str, Tensor]] | None:
+    """The classification head of a Hugging Face RoBERTa-family sequence classifier (`HF_CLASSIFIERS`) as our head
+    config and tensors (named as in `ClassificationHead`); None for a checkpoint without one."""
+    from transformers import AutoModelForSequenceClassification
+
+    checkpoint = str(checkpoint)
+    hf_config = read_hf_config(checkpoint)
+    if not set(hf_config.architectures or ()) & set(HF_CLASSIFIERS):
+        return None
+    with nullcontext() if is_hub_id(checkpoint) else reading(checkpoint):
+        model = AutoModelForSequenceClassification.from_pretrained(checkpoint, dtype=torch.float32)
+    dropout = getattr(hf_config, "classifier_dropout", None)
+    head = HeadConfig(dim=hf_config.hidden_size, activation="tanh", num_labels=hf_config.num_labels,
+                      dropout=hf_config.hidden_dropout_prob if dropout is None else dropout)
+    classifier = model.state_dict()
+    return head, {f"{ours}.{kind}": classifier[f"{theirs}.{kind}"]
+                  for theirs, ours in HF_HEAD_NAMES.items() for kind in ("weight", "bias")}

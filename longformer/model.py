@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from pathlib import Path
 from typing import TypeVar
 
@@ -13,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from longformer import hf, kernels, weights
 from longformer.attention import AttentionMasks, LongformerSelfAttention
 from longformer.config import HEAD_ACTIVATIONS, HeadConfig, LongformerConfig
-from longformer.errors import WeightsMismatchError
+from longformer.errors import PartialExportWarning, WeightsMismatchError
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -100,7 +102,12 @@ class LongformerModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if global_attention_mask is None:
             global_attention_mask = torch.zeros_like(input_ids)
-        masks = AttentionMasks.build(attention_mask, global_attention_mask)
+        return self.encode(input_ids, AttentionMasks.build(attention_mask, global_attention_mask), token_type_ids,
+                           global_only)
+
+    def encode(self, input_ids: Tensor, masks: AttentionMasks, token_type_ids: Tensor | None = None,
+               global_only: bool = False) -> Tensor:
+        """`forward` with the attention masks already built."""
         if global_only and not masks.num_global:
             raise ValueError("global_only=True needs at least one global token")
         x = self.embeddings(input_ids, token_type_ids)
@@ -157,7 +164,8 @@ class LongformerClassifier(nn.Module):
 
     def __init__(self, config: LongformerConfig, head: HeadConfig | None = None):
         super().__init__()
-        self.head_config = head or HeadConfig()
+        head = head or HeadConfig()
+        self.head_config = dataclasses.replace(head, dim=head.dim or config.hidden_size)
         self.encoder = LongformerModel(config)
         self.head = ClassificationHead(config.hidden_size, self.head_config)
 
@@ -188,8 +196,31 @@ class LongformerClassifier(nn.Module):
     @classmethod
     def from_hf(cls, checkpoint: str | Path, head: HeadConfig | None = None, max_length: int | None = None,
                 attention_window: int | list[int] | None = None) -> LongformerClassifier:
-        """A classifier around `LongformerModel.from_hf(checkpoint, max_length, attention_window)`."""
-        return cls.from_encoder(LongformerModel.from_hf(checkpoint, max_length, attention_window), head)
+        """A classifier around `LongformerModel.from_hf(checkpoint, max_length, attention_window)`. A sequence
+        classifier's checkpoint (what `save_hf` writes) brings its trained head, unless `head` asks for a new one;
+        any other checkpoint gets a freshly initialised `head` (default: HeadConfig())."""
+        encoder = LongformerModel.from_hf(checkpoint, max_length, attention_window)
+        trained = None if head else hf.read_hf_head(checkpoint)
+        if trained is None:
+            return cls.from_encoder(encoder, head)
+        model = cls.from_encoder(encoder, trained[0])
+        load_state_dict_strict(model.head, trained[1])
+        return model
+
+    def save_hf(self, directory: str | Path, tokenizer: str | Path | None = None, labels: list[str] | None = None,
+                tokenizer_max_length: int | None = None) -> bool:
+        """Write a Hugging Face `LongformerForSequenceClassification` directory (labels named by `labels`), with the
+        tokenizer of the Hugging Face directory `tokenizer` if given, truncating at tokenizer_max_length (default:
+        the model's length). transformers' head is dense(hidden -> hidden) -> tanh -> out_proj: a head of another
+        dim or activation cannot be written, and the directory then holds the encoder alone, with a warning.
+        Returns whether the head was written."""
+        problem = hf.hf_head_problem(self.head_config, self.config.hidden_size)
+        if problem:
+            warnings.warn(f"the transformers directory gets the encoder only: transformers' Longformer classification "
+                          f"head is dense(hidden -> hidden) -> tanh -> out_proj, and {problem}", PartialExportWarning,
+                          stacklevel=2)
+        return hf.save_hf_classifier(self.config, self.state_dict(), self.head_config, directory, tokenizer, labels,
+                                     tokenizer_max_length)
 
     @classmethod
     def load(cls, directory: str | Path) -> LongformerClassifier:

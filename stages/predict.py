@@ -1,4 +1,5 @@
-"""Label new reviews with the trained classifier (data/train): not a DVC stage, a command to use the model."""
+"""Label new reviews with the trained classifier (data/train, or data/export/model.onnx with --onnx): not a DVC
+stage, a command to use the model."""
 
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import typer
 
 from longformer.pipeline.cli import app, user_errors
 from longformer.pipeline.params import load_params
-from longformer.pipeline.predict import classify, read_reviews
+from longformer.pipeline.predict import classify, classify_onnx, read_reviews
 
 cli = app(__doc__)
 
@@ -18,12 +19,15 @@ def main(inputs: list[str] = typer.Argument(None, help="text files (one review e
          column: str = typer.Option("text", help="the review column of .csv/.parquet inputs"),
          params: Path = Path("params.yaml"), model: Path = Path("data/train"),
          checkpoint: Path = Path("data/checkpoint"), batch_size: int | None = typer.Option(
-             None, help="reviews per batch; default: evaluate.batch_size")) -> None:
+             None, help="reviews per batch; default: evaluate.batch_size"),
+         onnx: bool = typer.Option(False, "--onnx", help="run the export stage's ONNX file with onnxruntime"),
+         export: Path = Path("data/export")) -> None:
     """Print one line per review: its source, the predicted label and that label's probability (tab-separated)."""
     reviews = read_reviews(inputs or [], column)
     p = load_params(params)
-    probabilities = classify(model, checkpoint, [r.text for r in reviews], p.data.max_length,
-                             batch_size or p.evaluate.batch_size)
+    texts, batch_size = [r.text for r in reviews], batch_size or p.evaluate.batch_size
+    probabilities = (classify_onnx(export, texts, batch_size) if onnx else
+                     classify(model, checkpoint, texts, p.data.max_length, batch_size))
     for review, probs in zip(reviews, probabilities):
         label = int(probs.argmax())
         print(f"{review.source}\t{label}\t{probs[label]:.4f}")

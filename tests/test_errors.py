@@ -40,7 +40,7 @@ def fails_cleanly(module: str, workdir: Path, inputs: Path, params: dict, *args:
 @pytest.mark.parametrize("group, key, value, message", [
     ("head", "dropout", 1.5, "head.dropout must be in [0, 1), got 1.5"),
     ("head", "activation", "swish", "head.activation must be one of ['gelu', 'relu', 'tanh'], got 'swish'"),
-    ("head", "dim", 0, "head.dim must be a positive integer, got 0"),
+    ("head", "dim", -1, "head.dim must be a positive integer (or 0: the hidden size), got -1"),
     ("train", "batch_size", 0, "train.batch_size must be a positive integer, got 0"),
     ("head", "dropot", 0.1, "unknown parameter head.dropot in params.yaml; head takes: dim, dropout, activation"),
     ("train", "lr", "fast", "train.lr must be of type float, got 'fast'"),
@@ -150,6 +150,7 @@ def test_a_family_that_cannot_be_converted(inputs, tmp_path, gpt2_checkpoint):
     ("unreadable file", "cannot read"),
     ("csv without the column", "has no 'text' column"),
     ("no trained model", "data/train/config.json not found: run the train stage (dvc repro train) first"),
+    ("onnx without the export", "data/export/model.onnx not found: make it with `dvc repro export`"),
 ])
 def test_predict_bad_input(inputs, tmp_path, case, message):
     (tmp_path / "review.txt").write_text("A fine film.")
@@ -157,9 +158,24 @@ def test_predict_bad_input(inputs, tmp_path, case, message):
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00bad")
     (tmp_path / "reviews.csv").write_text("review\nGreat.\n")
     args = {"empty stdin": [], "blank file": ["blank.txt"], "unreadable file": ["binary.txt"],
-            "csv without the column": ["reviews.csv"], "no trained model": ["review.txt"]}[case]
+            "csv without the column": ["reviews.csv"], "no trained model": ["review.txt"],
+            "onnx without the export": ["--onnx", "review.txt"]}[case]
     output = fails_cleanly("stages.predict", tmp_path, inputs, GOOD, *args)
     assert message in output.replace("\n", "")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no trained model", "data/train/config.json not found: run the train stage (dvc repro train) first"),
+    ("output is a file", "data/export is a file: the export goes to a directory"),
+])
+def test_export_bad_input(inputs, tmp_path, case, message):
+    (tmp_path / "data").mkdir()
+    if case == "output is a file":
+        (tmp_path / "data/export").write_text("not a directory")
+    output = fails_cleanly("stages.export", tmp_path, inputs, GOOD)
+    assert message in output.replace("\n", "")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == (["export"] if case == "output is a file" else [])
+    assert not (tmp_path / "data/export").is_dir()
 
 
 def test_labels_beyond_the_head_stop_training_before_it_starts(inputs, tmp_path):

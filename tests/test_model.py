@@ -71,7 +71,7 @@ def test_gradient_checkpointing_replays_attention_dropout():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(dropout=1.5), "head.dropout"), (dict(activation="swish"), "head.activation"), (dict(dim=0), "head.dim"),
+    (dict(dropout=1.5), "head.dropout"), (dict(activation="swish"), "head.activation"), (dict(dim=-1), "head.dim"),
 ])
 def test_head_config_rejects_bad_values(bad, message):
     with pytest.raises(ValueError, match=message):

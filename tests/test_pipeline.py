@@ -58,13 +58,13 @@ def project(tmp_path_factory) -> Path:
 
 
 def stages_run(log: str) -> set[str]:
-    return {s for s in ("download", "convert", "tokenize", "baseline", "train", "evaluate")
+    return {s for s in ("download", "convert", "tokenize", "baseline", "train", "evaluate", "export")
             if f"Running stage '{s}'" in log}
 
 
 def test_dvc_repro_then_experiment(project):
     log = sh("dvc repro", project)
-    assert stages_run(log) == {"download", "convert", "tokenize", "baseline", "train", "evaluate"}
+    assert stages_run(log) == {"download", "convert", "tokenize", "baseline", "train", "evaluate", "export"}
     test = json.loads((project / "metrics/test.json").read_text())
     assert test["accuracy"] >= 0.9 and 0 < test["loss"] < math.log(2) and test["f1"] >= 0.9
     assert test["reviews"] == 1000
@@ -77,10 +77,11 @@ def test_dvc_repro_then_experiment(project):
     assert sorted(p.name for p in (project / "data/model").iterdir()) == ["config.json", "model.safetensors"]
 
     predict_trained_model(project)
+    exported_model_predicts_as_ours(project)
 
     sh("git add -A && git commit -qm baseline", project)
     log = sh("dvc exp run -S head.dropout=0.5", project)
-    assert stages_run(log) == {"train", "evaluate"}
+    assert stages_run(log) == {"train", "evaluate", "export"}
     experiments = json.loads(run("dvc exp show --json", project).stdout)
     dropouts = []
     for commit in experiments:
@@ -111,6 +112,33 @@ def predict_trained_model(project: Path) -> None:
                                                    "stdin:2"]
     assert [int(label) for _, label, _ in lines] == [label for _, label in reviews]  # an easy set: all right
     assert all(0.5 <= float(probability) <= 1 for _, _, probability in lines)
+
+
+def exported_model_predicts_as_ours(project: Path) -> None:
+    """data/export: transformers' text-classification pipeline on hf/ gives the labels and probabilities of our
+    classifier (what `python -m stages.predict` runs), and `python -m stages.predict --onnx` those of
+    `python -m stages.predict`."""
+    from transformers import pipeline
+
+    from longformer.pipeline.predict import classify
+
+    rng = random.Random(11)
+    texts = [sample_review(rng)[0] for _ in range(8)]
+    expected = classify(project / "data/train", project / "data/checkpoint", texts, max_length=1024)
+    outputs = pipeline("text-classification", model=str(project / "data/export/hf"), truncation=True)(texts, top_k=None)
+    theirs = np.array([[next(o["score"] for o in out if o["label"] == name) for name in ("negative", "positive")]
+                       for out in outputs])
+    np.testing.assert_allclose(theirs, expected, rtol=0, atol=1e-5)
+    card = (project / "data/export/hf/README.md").read_text()
+    assert "pipeline_tag: text-classification" in card and "| accuracy | 1.0000 |" in card
+    assert "label_smoothing: 0.1" in card and "dvc.lock sha256" in card
+
+    stdin = "\n".join(texts) + "\n"
+    printed = [subprocess.run([sys.executable, "-m", "stages.predict", *onnx], cwd=project, env=ENV, input=stdin,
+                              capture_output=True, text=True, check=True).stdout for onnx in ([], ["--onnx"])]
+    ours, onnx = ([line.split("\t") for line in out.splitlines()] for out in printed)
+    assert [label for _, label, _ in onnx] == [label for _, label, _ in ours] == [str(p.argmax()) for p in expected]
+    assert all(abs(float(a) - float(b)) <= 2e-4 for (_, _, a), (_, _, b) in zip(ours, onnx))  # printed to 4 digits
 
 
 def test_bad_param_is_a_clear_error_and_touches_nothing(project, tmp_path):

@@ -103,14 +103,28 @@ class EvaluateParams:
 
 
 @dataclass
+class ExportParams:
+    labels: list = field(default_factory=lambda: ["negative", "positive"])  # class names, label 0 first
+
+    def __post_init__(self) -> None:
+        if (not self.labels or not all(isinstance(x, str) and x.strip() for x in self.labels)
+                or len(set(self.labels)) != len(self.labels)):
+            raise ConfigError(f"export.labels must be distinct non-empty names, one per class, got {self.labels!r}")
+
+
+@dataclass
 class Params:
     model: ModelParams = field(default_factory=ModelParams)
     data: DataParams = field(default_factory=DataParams)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    export: ExportParams = field(default_factory=ExportParams)
 
     def __post_init__(self) -> None:
+        if len(self.export.labels) != self.head.num_labels:
+            raise ConfigError(f"export.labels names {len(self.export.labels)} classes but head.num_labels is "
+                              f"{self.head.num_labels}: give one name per class")
         if self.model.max_length and self.model.max_length < self.data.max_length:
             raise ConfigError(f"model.max_length={self.model.max_length} is shorter than data.max_length="
                               f"{self.data.max_length}: the model could not read the reviews as tokenized. Raise "

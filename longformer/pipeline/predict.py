@@ -1,4 +1,5 @@
-"""Label new reviews with a trained classifier: reviews from text files, a CSV/parquet column or standard input."""
+"""Label new reviews with a trained classifier (ours, or the exported ONNX file on onnxruntime): reviews from text
+files, a CSV/parquet column or standard input."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from longformer.errors import DataError, written_by
+from longformer.errors import DataError, MissingInputError, written_by
 from longformer.hf import load_tokenizer
 from longformer.model import LongformerClassifier
+from longformer.onnx import OnnxClassifier
+from longformer.pipeline.batching import collate, length_bucketed_batches
 from longformer.pipeline.data import truncate
 from longformer.pipeline.evaluate import predict
+from longformer.pipeline.export import HF_DIR, ONNX_FILE
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -71,7 +75,29 @@ def classify(train_dir: str | Path, tokenizer_dir: str | Path, texts: Sequence[s
         model = LongformerClassifier.load(train_dir)
     with written_by("download"):
         tokenizer = load_tokenizer(tokenizer_dir)
-    max_length = min(max_length, model.config.max_length)
-    ids = [truncate(x, max_length) for x in tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]]
+    ids = tokenize_reviews(tokenizer, texts, min(max_length, model.config.max_length))
     logits = predict(model, Dataset.from_dict({"input_ids": ids, "label": [0] * len(ids)}), batch_size)
     return torch.from_numpy(logits).softmax(dim=1).numpy()
+
+
+def classify_onnx(export_dir: str | Path, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+    """`classify` with the export stage's ONNX file on onnxruntime, tokenized by the exported tokenizer, which
+    truncates as training did."""
+    onnx_file, hf_dir = Path(export_dir) / ONNX_FILE, Path(export_dir) / HF_DIR
+    if not onnx_file.is_file():
+        raise MissingInputError(f"{onnx_file} not found: make it with `dvc repro export` (or python -m stages.export)")
+    with written_by("export"):
+        tokenizer = load_tokenizer(hf_dir)
+        session = OnnxClassifier(onnx_file)
+    ids = tokenize_reviews(tokenizer, texts, tokenizer.model_max_length)
+    logits = np.zeros((len(ids), session.num_labels), dtype=np.float32)
+    for batch in length_bucketed_batches([len(x) for x in ids], batch_size, shuffle=False):
+        inputs = collate([ids[i] for i in batch], [0] * len(batch), tokenizer.pad_token_id)
+        logits[batch] = session.logits(inputs["input_ids"], inputs["attention_mask"])
+    return torch.from_numpy(logits).softmax(dim=1).numpy()
+
+
+def tokenize_reviews(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids as the tokenize stage makes them: special tokens added, at most max_length, the last one kept."""
+    ids = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+    return [truncate(x, max_length) for x in ids]

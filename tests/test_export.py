@@ -1,0 +1,149 @@
+"""The classifier where users deploy it: the ONNX file on onnxruntime against our model at every length, and the
+transformers directory (`save_hf` / `from_hf`) against our model, through transformers' own classes and pipeline."""
+
+import random
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from longformer import HeadConfig, LongformerClassifier, LongformerConfig
+from longformer.errors import PartialExportWarning
+from longformer.onnx import OnnxClassifier, export_onnx
+from tests.helpers import SHARED_IMDB
+
+pytestmark = pytest.mark.slow  # every ONNX export traces the model (~15 s)
+
+WINDOWS = [8, 4, 256]  # full windows per layer: blocks of 4, 2 and (the most an exported block takes) 64 queries
+CONFIG = dict(vocab_size=120, hidden_size=32, num_layers=3, num_heads=4, intermediate_size=64,
+              attention_window=WINDOWS, max_position_embeddings=202, pad_token_id=1)  # 200 tokens at most
+
+
+def random_ids(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A right-padded batch of random reviews of the given lengths: <s> ... </s>, ids above the specials."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.full((len(lengths), max(lengths)), CONFIG["pad_token_id"], dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, n in enumerate(lengths):
+        input_ids[i, :n] = torch.randint(5, CONFIG["vocab_size"], (n,), generator=generator)
+        input_ids[i, 0], input_ids[i, n - 1] = 0, 2
+        attention_mask[i, :n] = 1
+    return input_ids, attention_mask
+
+
+@pytest.fixture(scope="module")
+def relu_classifier() -> LongformerClassifier:
+    """A head transformers cannot express (relu, dim 24): the ONNX file still holds all of it."""
+    torch.manual_seed(0)
+    return LongformerClassifier(LongformerConfig(**CONFIG), HeadConfig(dim=24, activation="relu", num_labels=3)).eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_classifier(relu_classifier, tmp_path_factory) -> OnnxClassifier:
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(relu_classifier, path)
+    assert not relu_classifier.training
+    return OnnxClassifier(path)
+
+
+def test_onnx_equals_ours_at_every_length(relu_classifier, onnx_classifier):
+    """One file, every length from 1 token to the maximum: under, at and over each layer's window, many windows."""
+    max_length = relu_classifier.config.max_length
+    worst = 0.0
+    with torch.no_grad():
+        for n in range(1, max_length + 1):
+            input_ids, attention_mask = random_ids([n], seed=n)
+            ours = relu_classifier(input_ids, attention_mask).numpy()
+            worst = max(worst, float(np.abs(onnx_classifier.logits(input_ids, attention_mask) - ours).max()))
+    assert worst <= 1e-4
+
+
+@pytest.mark.parametrize("lengths", [[1, 2], [200, 1, 17, 9, 100], [7, 8, 16, 15, 33], [64, 200]])
+def test_onnx_equals_ours_in_padded_batches(relu_classifier, onnx_classifier, lengths):
+    input_ids, attention_mask = random_ids(lengths, seed=len(lengths))
+    with torch.no_grad():
+        ours = relu_classifier(input_ids, attention_mask).numpy()
+    theirs = onnx_classifier.logits(input_ids, attention_mask)
+    assert theirs.shape == (len(lengths), 3)
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)
+    for i, n in enumerate(lengths):  # padding changes nothing: each review alone gives its row
+        alone = onnx_classifier.logits(input_ids[i:i + 1, :n], attention_mask[i:i + 1, :n])
+        np.testing.assert_allclose(alone[0], theirs[i], rtol=0, atol=1e-5)
+
+
+def test_a_head_transformers_cannot_express_exports_the_encoder_with_a_warning(relu_classifier, tmp_path):
+    from transformers import AutoConfig, LongformerModel
+
+    with pytest.warns(PartialExportWarning, match="head.dim is 24, not the hidden size 32 and head.activation is "
+                                                  "relu, not tanh"):
+        assert relu_classifier.save_hf(tmp_path) is False
+    assert AutoConfig.from_pretrained(tmp_path).architectures == ["LongformerModel"]
+    encoder = LongformerModel.from_pretrained(tmp_path).eval()
+    input_ids, attention_mask = random_ids([37, 20])
+    with torch.no_grad():
+        global_mask = torch.zeros_like(input_ids)
+        global_mask[:, 0] = 1
+        theirs = encoder(input_ids, attention_mask=attention_mask, global_attention_mask=global_mask)
+        ours = relu_classifier.encoder(input_ids, attention_mask, global_mask)
+    np.testing.assert_allclose(theirs.last_hidden_state[attention_mask.bool()], ours[attention_mask.bool()],
+                               rtol=0, atol=1e-5)
+
+
+def test_tanh_head_round_trip_through_transformers(tmp_path):
+    """save_hf -> transformers' LongformerForSequenceClassification gives our logits, with our label names;
+    from_hf reads the trained head back."""
+    from transformers import LongformerForSequenceClassification
+
+    torch.manual_seed(1)
+    ours = LongformerClassifier(LongformerConfig(**CONFIG), HeadConfig(dim=0, dropout=0.2)).eval()
+    assert ours.head_config.dim == 32  # 0: the hidden size
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PartialExportWarning)
+        assert ours.save_hf(tmp_path, labels=["negative", "positive"]) is True
+    theirs = LongformerForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert theirs.config.id2label == {0: "negative", 1: "positive"}
+    input_ids, attention_mask = random_ids([61, 3, 17, 1])
+    with torch.no_grad():
+        expected = ours(input_ids, attention_mask)
+        torch.testing.assert_close(theirs(input_ids, attention_mask=attention_mask).logits, expected, rtol=0,
+                                   atol=1e-5)
+        again = LongformerClassifier.from_hf(tmp_path).eval()
+        assert again.head_config == ours.head_config
+        torch.testing.assert_close(again(input_ids, attention_mask), expected, rtol=0, atol=1e-6)
+        fresh = LongformerClassifier.from_hf(tmp_path, HeadConfig(dim=8))  # asking for a head: a new one
+        assert fresh.head.dense.weight.shape == (8, 32)
+
+
+@pytest.mark.skipif(not SHARED_IMDB.is_dir(), reason="needs ../shared/imdb")
+def test_minilm_classifier_in_transformers_pipeline_on_real_reviews(tmp_path):
+    """All-MiniLM-L6-v2 made long, exported: transformers' text-classification pipeline labels real IMDb reviews,
+    several over 512 tokens, as our `classify` (what `python -m stages.predict` runs) does."""
+    from transformers import AutoTokenizer, pipeline
+
+    from longformer.pipeline.data import load_raw
+    from longformer.pipeline.download import minilm_directory
+    from longformer.pipeline.predict import classify
+
+    minilm = minilm_directory()
+    torch.manual_seed(0)
+    ours = LongformerClassifier.from_hf(minilm, HeadConfig(dim=0), max_length=1024)
+    ours.save(tmp_path / "train")
+    ours.save_hf(tmp_path / "hf", tokenizer=minilm, labels=["negative", "positive"])
+
+    test = load_raw(str(SHARED_IMDB))["test"]
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    rows = random.Random(0).sample(range(len(test)), 400)
+    lengths = {i: len(tokenizer(test[i]["text"])["input_ids"]) for i in rows}
+    long_ones = [i for i in rows if lengths[i] > 512][:3]
+    short_ones = [i for i in rows if lengths[i] <= 512][:3]
+    assert len(long_ones) == 3 and any(lengths[i] > 1024 for i in rows)  # whole and truncated long reviews
+    texts = [test[i]["text"] for i in long_ones + short_ones] + [test[max(rows, key=lengths.get)]["text"]]
+
+    expected = classify(tmp_path / "train", minilm, texts, max_length=1024, batch_size=4)
+    hf_pipeline = pipeline("text-classification", model=str(tmp_path / "hf"), truncation=True)
+    outputs = hf_pipeline(texts, top_k=None)
+    theirs = np.array([[next(o["score"] for o in out if o["label"] == name) for name in ("negative", "positive")]
+                       for out in outputs])
+    np.testing.assert_allclose(theirs, expected, rtol=0, atol=1e-5)
+    assert (theirs.argmax(1) == expected.argmax(1)).all()
