@@ -150,15 +150,13 @@ def sdpa_window_attention(qkv: Tensor, masks: AttentionMasks, one_sided: int, dr
     """The portable version: each block's window and the global keys copied side by side, one SDPA call."""
     batch, n, _, heads, head_dim = qkv.shape
     q, k, v = qkv.unbind(2)
-    # An exported graph gets an additive mask: a bool one is a select over the scores there, and a NaN check.
-    additive = qkv.dtype if masks.fixed_layout else None
-    local, block, pad = masks.window_mask(one_sided, additive)
+    local, block, pad = masks.window_mask(one_sided)
     n_pad = (n + block - 1) // block * block
     blocks = n_pad // block
     glob = masks.global_present[:, None, None, None, :].expand(-1, blocks, -1, block, -1).flatten(0, 1)
-    if additive:
-        glob = torch.zeros(glob.shape, dtype=additive, device=glob.device).masked_fill(~glob, float("-inf"))
     mask = torch.cat([glob, local], dim=-1)  # (B * blocks, 1, L, G + L + 2P)
+    if masks.fixed_layout:  # an exported graph: a bool mask there is a select over the scores and a NaN check
+        mask = torch.zeros(mask.shape, dtype=qkv.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
     # Queries: (B, n_pad, H, d) -> (B * blocks, H, L, d).
     q = F.pad(q, (0, 0, 0, 0, 0, n_pad - n)).view(batch, blocks, block, heads, head_dim)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -21,7 +22,8 @@ import torch
 from torch import Tensor
 
 from longformer.config import BERT_FAMILY, ROBERTA_FAMILY, HeadConfig, LongformerConfig
-from longformer.errors import CheckpointError, MissingInputError, WeightsMismatchError, reading
+from longformer.errors import (CheckpointError, MissingInputError, PartialExportWarning, WeightsMismatchError,
+                               reading)
 
 CONFIG_FILE = "config.json"
 FAMILIES = ROBERTA_FAMILY + BERT_FAMILY
@@ -286,11 +288,16 @@ def save_hf_classifier(config: LongformerConfig, state: dict[str, Tensor], head:
                        tokenizer_max_length: int | None = None) -> bool:
     """Write our classifier (state: `encoder.*` and `head.*`) as a Hugging Face `LongformerForSequenceClassification`
     directory, labels named by `labels` (default LABEL_0, ...). A head transformers cannot express is left out: the
-    directory then holds the encoder alone (`LongformerModel`). Returns whether the head was written."""
+    directory then holds the encoder alone (`LongformerModel`), with a PartialExportWarning that says why. Returns
+    whether the head was written."""
     from transformers import LongformerForSequenceClassification
 
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-    if hf_head_problem(head, config.hidden_size):
+    problem = hf_head_problem(head, config.hidden_size)
+    if problem:
+        warnings.warn(f"the transformers directory gets the encoder only: transformers' Longformer classification "
+                      f"head is dense(hidden -> hidden) -> tanh -> out_proj, and {problem}", PartialExportWarning,
+                      stacklevel=3)
         save_hf(config, encoder, directory, tokenizer, tokenizer_max_length)
         return False
     labels = labels or [f"LABEL_{i}" for i in range(head.num_labels)]

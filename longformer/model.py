@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from longformer import hf, kernels, weights
 from longformer.attention import AttentionMasks, LongformerSelfAttention
 from longformer.config import HEAD_ACTIVATIONS, HeadConfig, LongformerConfig
-from longformer.errors import PartialExportWarning, WeightsMismatchError
+from longformer.errors import WeightsMismatchError
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -214,11 +213,6 @@ class LongformerClassifier(nn.Module):
         the model's length). transformers' head is dense(hidden -> hidden) -> tanh -> out_proj: a head of another
         dim or activation cannot be written, and the directory then holds the encoder alone, with a warning.
         Returns whether the head was written."""
-        problem = hf.hf_head_problem(self.head_config, self.config.hidden_size)
-        if problem:
-            warnings.warn(f"the transformers directory gets the encoder only: transformers' Longformer classification "
-                          f"head is dense(hidden -> hidden) -> tanh -> out_proj, and {problem}", PartialExportWarning,
-                          stacklevel=2)
         return hf.save_hf_classifier(self.config, self.state_dict(), self.head_config, directory, tokenizer, labels,
                                      tokenizer_max_length)
 
