@@ -1,7 +1,7 @@
 """How far batching can speed up training the small encoder: per review, forward + backward of all-MiniLM-L6-v2
 made a 4096-token Longformer (ours), with dropout, at one length per row and batches of 1, 8 and 32.
 
-    python bench/batch_sizes.py        # writes bench/results/DATE-CPU-minilm-batch-sizes.json
+    python -m bench.batch_sizes        # writes bench/results/DATE-CPU-minilm-batch-sizes.json
 
 Where a larger batch is no faster per review, the step is down to its work per token, which no batch size
 removes. Synthetic token ids (only the lengths matter for speed); glibc keeps freed memory, as the train stage
@@ -21,7 +21,7 @@ from longformer import HeadConfig, LongformerClassifier
 from longformer.pipeline.allocator import keep_freed_memory
 from longformer.pipeline.download import minilm_directory
 
-from bench import cpu_kind, cpu_label, results_path, write_results  # bench/, beside this script
+from bench.harness import cpu_kind, cpu_label, results_path, write_results
 
 REVIEWS = 32  # per timing, at every batch size
 

@@ -5,8 +5,8 @@ at batch 1 and 8 (length-bucketed), in three runtimes that read the export stage
 * ours, `LongformerClassifier.from_hf(hf/)` (the evaluate stage's path: our CPU kernels, glibc keeping freed memory);
 * transformers' `LongformerForSequenceClassification.from_pretrained(hf/)`.
 
-    python bench/deploy.py --reviews 64     # needs ../shared/imdb; writes bench/results/DATE-CPU-deploy.json
-    python bench/deploy.py --export data/export   # a trained classifier (the export stage's data/export)
+    python -m bench.deploy --reviews 64     # needs ../shared/imdb; writes bench/results/DATE-CPU-deploy.json
+    python -m bench.deploy --export data/export   # a trained classifier (the export stage's data/export)
 
 Without --export, all-MiniLM-L6-v2 made a 4096-token Longformer with the pipeline's default head (hidden size,
 tanh) on random head weights, exported as the export stage exports: speed does not depend on the weights. Each
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import PeakMemory, cpu_kind, cpu_label, results_path, write_results  # bench/, beside this script
-from imdb_sample import IMDB
+from bench.harness import PeakMemory, cpu_kind, cpu_label, results_path, write_results
+from bench.imdb_sample import IMDB
 
 RUNTIMES = ("onnxruntime", "ours", "transformers")
 LONG = 4096

@@ -1,7 +1,7 @@
 """Token counts of a fixed sample of real IMDb test reviews: the lengths bench.py's training-step figure runs at.
 
-    python bench/imdb_sample.py 256 bench/results/imdb_lengths.json    # where ../shared/imdb is
-    python bench/bench.py --imdb-lengths bench/results/imdb_lengths.json ...   # e.g. on a GPU machine without it
+    python -m bench.imdb_sample 256 bench/results/imdb_lengths.json    # where ../shared/imdb is
+    python -m bench.bench --imdb-lengths bench/results/imdb_lengths.json ...   # e.g. on a GPU machine without it
 """
 
 from __future__ import annotations

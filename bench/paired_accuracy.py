@@ -3,7 +3,7 @@ error (McNemar), overall and on the reviews longer than a token count.
 
     dvc exp branch minilm-long-4096 long && git show long:metrics/predictions.csv > long.csv
     dvc exp branch minilm-trunc-512 trunc && git show trunc:metrics/predictions.csv > trunc.csv
-    python bench/paired_accuracy.py long.csv trunc.csv --dataset ../shared/imdb --tokenizer data/checkpoint
+    python -m bench.paired_accuracy long.csv trunc.csv --dataset ../shared/imdb --tokenizer data/checkpoint
 
 Both files must hold the same test reviews in the same order (the evaluate stage writes them in the test split's
 order, so: the same data.* params). Lengths are counted with the tokenizer of --tokenizer, as the tokenize stage

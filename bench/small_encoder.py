@@ -6,7 +6,7 @@ heads of 32) made a 4096-token Longformer, in three models, at batch 1 and batch
 * transformers' `BertForSequenceClassification` on the original weights, the same reviews truncated at 512;
 * ours on the reviews truncated at 512 (the pipeline's `data.max_length=512`).
 
-    python bench/small_encoder.py --reviews 128       # needs ../shared/imdb; writes bench/results/...-minilm.json
+    python -m bench.small_encoder --reviews 128       # needs ../shared/imdb; writes bench/results/...-minilm.json
 
 The reviews are 16 batches of 8 (--reviews 128) drawn as the pipeline's training draws them
 (`real_reviews`); batch 1 takes the same reviews one at a time. Training as the pipeline trains: dropout as the
@@ -36,8 +36,8 @@ from longformer.pipeline.data import load_raw, truncate
 from longformer.pipeline.download import minilm_directory
 from longformer.pipeline.step import make_optimizer, optimizer_step
 
-from bench import LogitsOf, cpu_kind, cpu_label, results_path, write_results  # bench/, beside this script
-from imdb_sample import IMDB
+from bench.harness import LogitsOf, cpu_kind, cpu_label, results_path, write_results
+from bench.imdb_sample import IMDB
 
 LONG, SHORT = 4096, 512  # the long models' length, and BERT's
 

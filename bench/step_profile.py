@@ -1,6 +1,6 @@
 """Where a batch-1 training step's time goes on a GPU: wall time against the GPU's own kernel time.
 
-    python bench/step_profile.py --tokens 300     # on a GPU machine (bench/gpu.sh runs it)
+    python -m bench.step_profile --tokens 300     # on a GPU machine (bench/gpu.sh runs it)
 
 For both models (same weights, bf16 autocast, forward + backward + fused AdamW), with and without gradient
 checkpointing: the median step time, the kernels launched, their total GPU time, and for ours the ops that
@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from longformer.pipeline.batching import collate
 from longformer.pipeline.step import make_optimizer, optimizer_step
 
-from bench import build_models, called_as_ours, set_checkpointing  # bench/, beside this script
+from bench.harness import build_models, called_as_ours, set_checkpointing
 
 LAUNCHES = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
 

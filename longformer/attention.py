@@ -33,11 +33,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from longformer import kernels
+from longformer.kernels.blocks import BandMasks, gather_rows, padded_length
 
 # Not cuDNN's attention: it builds a graph for every new input shape, and IMDb's lengths vary from batch to batch;
 # the memory-efficient kernel takes our masks.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-FIXED_LAYOUT_BLOCK = 64  # queries per block, at most, in the fixed layout (AttentionMasks.fixed_layout)
+# Queries per block, at most, in the fixed layout (an exported graph's): a block of L queries computes L + 2P scores
+# each, and for a short input most of those are padding.
+FIXED_LAYOUT_BLOCK = 64
 
 
 @dataclass
@@ -48,13 +51,12 @@ class AttentionMasks:
     key_local: Tensor  # (B, n) bool: reachable through the sliding window (valid and not global)
     global_index: Tensor  # (B, G) long: global positions first; spare slots hold distinct non-global positions
     global_present: Tensor  # (B, G) bool: the slot holds a real global token
-    # Blocks of window queries at every length, never one dense block for a short input: the same computation
-    # whatever the length, as a graph exported once for all lengths needs. Its blocks are small (FIXED_LAYOUT_BLOCK):
-    # a block of L queries computes L + 2P scores each, and for a short input most of those are padding.
+    # Blocks of window queries at every length (see BandMasks.fixed_layout), of at most FIXED_LAYOUT_BLOCK queries.
     fixed_layout: bool = False
-    # (one_sided, block, dtype) -> (mask, L, P), per forward
-    _window_masks: dict[tuple[int, int | None, torch.dtype | None], tuple[Tensor, int, int]] = field(
-        default_factory=dict, repr=False)
+    band: BandMasks = field(init=False, repr=False)  # the window masks, made as the layers ask for them
+
+    def __post_init__(self) -> None:
+        self.band = BandMasks(self.key_local, self.fixed_layout)
 
     @classmethod
     def build(cls, attention_mask: Tensor, global_attention_mask: Tensor) -> AttentionMasks:
@@ -79,38 +81,13 @@ class AttentionMasks:
     def num_global(self) -> int:
         return self.global_index.shape[1]
 
-    def window_mask(self, one_sided: int, dtype: torch.dtype | None = None,
-                    block: int | None = None) -> tuple[Tensor, int, int]:
-        """Mask (B * blocks, 1, L, L + 2P) of the window keys, for blocks of L = `block` queries (default: one_sided,
-        which must be a multiple of L) that each see P = one_sided extra keys per side, or one dense block (L = n,
-        P = 0) when one block's window would hold the whole input anyway; bool (True = attend), or additive
-        (0 / -inf) in `dtype`. Also returns L and P. With `fixed_layout`, blocks at every length, by default of
-        at most FIXED_LAYOUT_BLOCK queries."""
-        if block is None and self.fixed_layout:
-            block = one_sided
-            while block > FIXED_LAYOUT_BLOCK and block % 2 == 0:
-                block //= 2
-        key = (one_sided, block, dtype)
-        if key not in self._window_masks:
-            if dtype is None:
-                self._window_masks[key] = self._build_window_mask(one_sided, block or one_sided)
-            else:
-                allowed, block, pad = self.window_mask(one_sided, block=block)
-                additive = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-                self._window_masks[key] = additive.masked_fill(~allowed, float("-inf")), block, pad
-        return self._window_masks[key]
-
-    def _build_window_mask(self, w: int, block: int) -> tuple[Tensor, int, int]:
-        n = self.valid.shape[1]
-        block, pad = (n, 0) if not self.fixed_layout and n <= block + 2 * w else (block, w)
-        n_pad = (n + block - 1) // block * block  # ceil with no negative operand: ONNX truncates integer division
-        key_ok = F.pad(self.key_local, (pad, pad + n_pad - n), value=False).unfold(1, block + 2 * pad, block)
-        rel = torch.arange(block + 2 * pad, device=self.valid.device)[None, :] - pad
-        rel = rel - torch.arange(block, device=self.valid.device)[:, None]  # key pos - query pos, (L, L + 2P)
-        # The diagonal is always allowed: padding rows then stay finite; their outputs are never used
-        # (and a global query's window row is overwritten by its global output).
-        local = ((rel.abs() <= w) & key_ok[:, :, None, :]) | (rel == 0)  # (B, blocks, L, L + 2P)
-        return local.flatten(0, 1).unsqueeze(1), block, pad
+    def window_mask(self, one_sided: int) -> tuple[Tensor, int, int]:
+        """The reference path's bool window mask (B * blocks, 1, L, L + 2P), L and P: blocks of one_sided queries
+        (in the fixed layout, of at most FIXED_LAYOUT_BLOCK), or one dense block for a short input."""
+        block = one_sided
+        while self.fixed_layout and block > FIXED_LAYOUT_BLOCK and block % 2 == 0:
+            block //= 2
+        return self.band.mask(one_sided, block)
 
     def gather(self, x: Tensor) -> Tensor:
         """x (B, n, ...) -> the rows of the global slots, (B, G, ...)."""
@@ -122,12 +99,6 @@ class AttentionMasks:
         # under autocast the two sides can differ (the global rows end in an fp32 bias add): x's dtype wins
         rows = torch.where(keep, global_rows.to(x.dtype), self.gather(x))  # spare slots write back what was there
         return x.scatter(1, self.global_index[..., None].expand_as(rows), rows)
-
-
-def gather_rows(x: Tensor, index: Tensor) -> Tensor:
-    """x (B, n, ...), index (B, G) -> x's rows at index, (B, G, ...)."""
-    index = index.view(*index.shape, *([1] * (x.dim() - 2)))
-    return x.gather(1, index.expand(-1, -1, *x.shape[2:]))
 
 
 def sliding_window_attention(x: Tensor, qkv: nn.Linear, masks: AttentionMasks, num_heads: int, one_sided: int,
@@ -151,7 +122,7 @@ def sdpa_window_attention(qkv: Tensor, masks: AttentionMasks, one_sided: int, dr
     batch, n, _, heads, head_dim = qkv.shape
     q, k, v = qkv.unbind(2)
     local, block, pad = masks.window_mask(one_sided)
-    n_pad = (n + block - 1) // block * block
+    n_pad = padded_length(n, block)
     blocks = n_pad // block
     glob = masks.global_present[:, None, None, None, :].expand(-1, blocks, -1, block, -1).flatten(0, 1)
     mask = torch.cat([glob, local], dim=-1)  # (B * blocks, 1, L, G + L + 2P)
@@ -206,12 +177,15 @@ class LongformerSelfAttention(nn.Module):
         self.key_global = nn.Linear(hidden_size, hidden_size)
         self.value_global = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, x: Tensor, masks: AttentionMasks) -> Tensor:
+    def forward(self, x: Tensor, masks: AttentionMasks, use_kernels: bool = False) -> Tensor:
+        """x (B, n, D) -> (B, n, D); use_kernels: on `kernels.banded_attention` (the model decides, once per
+        forward), else on the reference path."""
         dropout_p = self.dropout if self.training else 0.0
         global_rows = self.global_rows(x, masks) if masks.num_global else None
-        if kernels.enabled(x):
-            return kernels.banded_attention(x, self.qkv.weight, self.qkv.bias, masks, self.num_heads, self.one_sided,
-                                            dropout_p, global_rows)
+        if use_kernels:
+            return kernels.banded_attention(x, self.qkv.weight, self.qkv.bias, masks.band, masks.global_index,
+                                            masks.global_present, self.num_heads, self.one_sided, dropout_p,
+                                            global_rows)
         return sliding_window_attention(x, self.qkv, masks, self.num_heads, self.one_sided, dropout_p, global_rows)
 
     def global_rows(self, x: Tensor, masks: AttentionMasks) -> Tensor:

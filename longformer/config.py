@@ -17,6 +17,17 @@ ROBERTA_FAMILY = ("longformer", "roberta", "xlm-roberta", "camembert")
 BERT_FAMILY = ("bert",)
 DEFAULT_WINDOW = 512  # a BERT or RoBERTa has no window of its own: the Longformer paper's
 HEAD_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}  # head.activation -> its module
+ENCODER_ACTIVATIONS = ("gelu", "relu")  # hidden_act: the names longformer.kernels.ACTIVATIONS computes
+
+
+def is_integer(value: object, at_least: int | None = None) -> bool:
+    """An int (not a bool, which Python counts as one), and at least `at_least` if given."""
+    return isinstance(value, int) and not isinstance(value, bool) and (at_least is None or value >= at_least)
+
+
+def is_window(value: object) -> bool:
+    """A sliding window's size: a positive even number of tokens (a token sees half of it on each side)."""
+    return is_integer(value, 1) and value % 2 == 0
 
 
 @dataclass
@@ -53,12 +64,12 @@ class LongformerConfig:
                 f"{self.num_layers} layers: give one window or one per layer"
             )
         for i, w in enumerate(self.attention_window):
-            if not isinstance(w, int) or isinstance(w, bool) or w <= 0 or w % 2:
+            if not is_window(w):
                 raise ConfigError(f"attention_window of layer {i} must be a positive even integer, got {w!r}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
-        if self.hidden_act not in ("gelu", "relu"):
-            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; use 'gelu' or 'relu'")
+        if self.hidden_act not in ENCODER_ACTIVATIONS:
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; use one of {ENCODER_ACTIVATIONS}")
         if self.max_length < 1:
             raise ConfigError(f"max_position_embeddings={self.max_position_embeddings} leaves no position for a token "
                               f"(the first token takes row {self.position_offset})")
@@ -124,11 +135,11 @@ class HeadConfig:
     num_labels: int = 2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 0:
+        if not is_integer(self.dim, 0):
             raise ConfigError(f"head.dim must be a positive integer (or 0: the hidden size), got {self.dim!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"head.dropout must be in [0, 1), got {self.dropout!r}")
         if self.activation not in HEAD_ACTIVATIONS:
             raise ConfigError(f"head.activation must be one of {sorted(HEAD_ACTIVATIONS)}, got {self.activation!r}")
-        if not isinstance(self.num_labels, int) or self.num_labels < 2:
+        if not is_integer(self.num_labels, 2):
             raise ConfigError(f"head.num_labels must be an integer >= 2, got {self.num_labels!r}")

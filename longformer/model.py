@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -45,7 +44,10 @@ class Embeddings(nn.Module):
 
 
 class Layer(nn.Module):
-    """Post-norm transformer layer: attention -> add & norm -> feed-forward -> add & norm."""
+    """Post-norm transformer layer: attention -> add & norm -> feed-forward -> add & norm.
+
+    `use_kernels` (decided by the model once per forward) runs the attention and the add & norm + feed-forward on
+    `longformer.kernels`, which compute the same as the modules here."""
 
     def __init__(self, config: LongformerConfig, window: int):
         super().__init__()
@@ -54,25 +56,31 @@ class Layer(nn.Module):
         self.attn_out = nn.Linear(dim, dim)
         self.attn_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.ffn_in = nn.Linear(dim, config.intermediate_size)
-        self.activation = nn.GELU() if config.hidden_act == "gelu" else nn.ReLU()
+        self.activation = config.hidden_act  # a name in kernels.ACTIVATIONS
         self.ffn_out = nn.Linear(config.intermediate_size, dim)
         self.ffn_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: Tensor, masks: AttentionMasks) -> Tensor:
-        return self.add_and_feed_forward(self.attn(x, masks), x)
+    def forward(self, x: Tensor, masks: AttentionMasks, use_kernels: bool = False) -> Tensor:
+        return self.add_and_feed_forward(self.attn(x, masks, use_kernels), x, use_kernels)
 
-    def forward_global(self, x: Tensor, masks: AttentionMasks) -> Tensor:
+    def forward_global(self, x: Tensor, masks: AttentionMasks, use_kernels: bool = False) -> Tensor:
         """Outputs of the global tokens only, (B, G, D): all a last layer must compute when only they are read."""
-        return self.add_and_feed_forward(self.attn.global_rows(x, masks), masks.gather(x))
+        return self.add_and_feed_forward(self.attn.global_rows(x, masks), masks.gather(x), use_kernels)
 
-    def add_and_feed_forward(self, attended: Tensor, residual: Tensor) -> Tensor:
+    def add_and_feed_forward(self, attended: Tensor, residual: Tensor, use_kernels: bool = False) -> Tensor:
         """The attention's output projection added to the residual, then the feed-forward; (B, n, D) -> (B, n, D)."""
-        if kernels.enabled(residual):
-            return kernels.add_and_feed_forward(self, attended, residual)
+        if use_kernels:
+            dropout_p = self.dropout.p if self.training else 0.0
+            return kernels.add_and_feed_forward(attended, residual, self.feed_forward_weights(), self.activation,
+                                                dropout_p)
         x = self.attn_norm(residual + self.dropout(self.attn_out(attended)))
-        y = self.ffn_out(self.activation(self.ffn_in(x)))
+        y = self.ffn_out(kernels.ACTIVATIONS[self.activation](self.ffn_in(x)))
         return self.ffn_norm(x + self.dropout(y))
+
+    def feed_forward_weights(self) -> kernels.FeedForwardWeights:
+        pairs = [(m.weight, m.bias) for m in (self.attn_out, self.attn_norm, self.ffn_in, self.ffn_out, self.ffn_norm)]
+        return kernels.FeedForwardWeights(*pairs, norm_eps=self.attn_norm.eps)
 
 
 class LongformerModel(nn.Module):
@@ -110,12 +118,13 @@ class LongformerModel(nn.Module):
         if global_only and not masks.num_global:
             raise ValueError("global_only=True needs at least one global token")
         x = self.embeddings(input_ids, token_type_ids)
+        use_kernels = kernels.enabled(x)  # the one place that chooses between the kernels and the reference
         for i, layer in enumerate(self.layers):
             run = layer.forward_global if global_only and i == len(self.layers) - 1 else layer
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(run, x, masks, use_reentrant=False)  # recompute activations in backward
+                x = checkpoint(run, x, masks, use_kernels, use_reentrant=False)  # recompute activations in backward
             else:
-                x = run(x, masks)
+                x = run(x, masks, use_kernels)
         return x
 
     @classmethod
@@ -181,9 +190,6 @@ class LongformerClassifier(nn.Module):
         # The first token is the first global slot; the last layer computes only the global tokens.
         cls = self.encoder(input_ids, attention_mask, global_attention_mask, global_only=True)[:, 0]
         return self.head(cls)
-
-    def loss(self, logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
-        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
     @classmethod
     def from_encoder(cls, encoder: LongformerModel, head: HeadConfig | None = None) -> LongformerClassifier:

@@ -26,10 +26,10 @@ def save(directory: str | Path, config: LongformerConfig, state: dict[str, Tenso
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    _write_atomic(directory / WEIGHTS_FILE, lambda path: save_file(tensors, path))
-    _write_atomic(directory / CONFIG_FILE, config.to_json)
+    write_atomic(directory / WEIGHTS_FILE, lambda path: save_file(tensors, path))
+    write_atomic(directory / CONFIG_FILE, config.to_json)
     if head is not None:
-        _write_atomic(directory / HEAD_FILE, lambda path: path.write_text(json.dumps(asdict(head), indent=2)))
+        write_atomic(directory / HEAD_FILE, lambda path: path.write_text(json.dumps(asdict(head), indent=2)))
 
 
 def load(directory: str | Path, head: bool = False) -> tuple[LongformerConfig, dict[str, Tensor], HeadConfig | None]:
@@ -58,7 +58,7 @@ def _require(directory: Path, names: tuple[str, ...]) -> None:
             raise MissingInputError(f"{directory / name} not found")
 
 
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """write(tmp_path), then rename: a crash never leaves a half-written file under `path`."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from longformer.pipeline.cli import app, user_errors
-from longformer.pipeline.data import sample_corpus
+from longformer.pipeline.sample import sample_corpus
 from longformer.pipeline.download import download_checkpoint
 from longformer.pipeline.params import load_params
 

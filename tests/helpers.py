@@ -17,24 +17,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def imported_modules(path: Path) -> set[str]:
-    """The modules a Python file imports, at any level (functions included), except under `if TYPE_CHECKING:`;
-    `from a import b` counts as a and, where b is a module, a.b."""
-    tree = ast.parse(path.read_text())
-    skipped = {id(node) for guard in ast.walk(tree) if isinstance(guard, ast.If) and "TYPE_CHECKING" in ast.unparse(
-        guard.test) for node in ast.walk(guard)}
+    """The modules a Python file imports, at any level (functions and `if TYPE_CHECKING:` included); `from a import b`
+    counts as a and, where b is a module, a.b; `from longformer import Name` as the module that defines Name."""
+    import longformer
+
     names: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names
-                      if (ROOT / node.module.replace(".", "/") / alias.name).with_suffix(".py").is_file()
-                      or (ROOT / node.module.replace(".", "/") / alias.name / "__init__.py").is_file()}
+            package = ROOT / node.module.replace(".", "/")
+            for alias in node.names:
+                if (package / f"{alias.name}.py").is_file() or (package / alias.name / "__init__.py").is_file():
+                    names.add(f"{node.module}.{alias.name}")
+                elif node.module == "longformer" and alias.name in longformer.PUBLIC:
+                    names.add(longformer.PUBLIC[alias.name])
     return names
-
 
 
 def grads(model) -> dict[str, torch.Tensor]:
@@ -93,9 +92,10 @@ def prepare_inputs(root: Path, limit: int, val_size: float = 0.1, dropout: float
 
     from longformer import weights
     from longformer.hf import convert_hf_checkpoint
-    from longformer.pipeline.data import sample_corpus, sample_dataset, save_tokenized, tokenize
+    from longformer.pipeline.data import sample_dataset, save_tokenized, tokenize
     from longformer.pipeline.download import download_checkpoint
     from longformer.pipeline.params import DataParams
+    from longformer.pipeline.sample import sample_corpus
 
     download_checkpoint("tiny", root / "checkpoint", sample_corpus())
     if dropout is not None:
@@ -109,8 +109,8 @@ def prepare_inputs(root: Path, limit: int, val_size: float = 0.1, dropout: float
     return root
 
 
-def start_stage(module: str, workdir: Path, inputs: Path, params: dict, *args: str):
-    """The real stage (`python -m stages.X`) in `workdir`, reading the inputs' data/ through symlinks."""
+def stage_workdir(workdir: Path, inputs: Path, params: dict) -> Path:
+    """A directory to run a stage in: its params.yaml, and the inputs' data/model and data/tokenized as symlinks."""
     import yaml
 
     workdir.mkdir(exist_ok=True)
@@ -119,9 +119,32 @@ def start_stage(module: str, workdir: Path, inputs: Path, params: dict, *args: s
         for name in ("model", "tokenized"):
             (workdir / "data" / name).symlink_to(inputs / "data" / name)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    return workdir
+
+
+def start_stage(module: str, workdir: Path, inputs: Path, params: dict, *args: str):
+    """The real stage (`python -m stages.X`) in `workdir` (see stage_workdir), as a process."""
+    stage_workdir(workdir, inputs, params)
     env = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_stage_here(module: str, workdir: Path, inputs: Path, params: dict, *args: str, stdin: str = ""):
+    """The stage's command line (`stages.X`'s typer app) in this process, in `workdir`: what `python -m stages.X`
+    does once Python has started. Returns typer's result (exit_code, output: stdout and stderr, exception)."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    stage_workdir(workdir, inputs, params)
+    previous = Path.cwd()
+    os.chdir(workdir)
+    try:
+        return CliRunner().invoke(importlib.import_module(module).cli, list(args), input=stdin,
+                                  env={"TQDM_DISABLE": "1"})
+    finally:
+        os.chdir(previous)
 
 
 def finish(process) -> str:

@@ -30,34 +30,41 @@ def masks_for(n: int, globals_: str) -> AttentionMasks:
     (0.3, 1024, 2), (0.3, 1024, 1),  # the written-out softmax with dropout
 ])  # blocks of one_sided queries, or fewer
 def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, chunk_tokens, block_at_most, monkeypatch):
-    """Against finite differences (with dropout: a fixed seed makes the function deterministic, so this also checks
-    that backward draws the forward's masks again)."""
+    """Without dropout, outputs and every gradient equal autograd's through the reference path (float64, 1e-12).
+    With and without, the Jacobian against finite differences along random directions (gradcheck's fast mode, with
+    float64's tolerances: 1e-6 relative), which with dropout also checks that backward draws the forward's masks
+    again (a fixed seed makes the function deterministic)."""
     monkeypatch.setattr(banded_kernel, "_BACKWARD_CHUNK_TOKENS", chunk_tokens)
     monkeypatch.setattr(banded_kernel, "_DROPOUT_BLOCK", block_at_most)
     monkeypatch.setattr(banded_kernel, "_TRAINING_BLOCK", block_at_most)
     one_sided = 2
     masks = masks_for(n, globals_)
-    mask, block, pad = masks.window_mask(one_sided, torch.float64, banded_kernel._query_block(one_sided, dropout_p))
+    mask, block, pad = masks.band.mask(one_sided, banded_kernel._query_block(one_sided, dropout_p), torch.float64)
     heads, dim = 2, 8
     gen = torch.Generator().manual_seed(n)
-    x, weight, bias, global_rows = (torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
-                                    for shape in ((2, n, dim), (3 * dim, dim), (3 * dim,), (2, masks.num_global, dim)))
+    inputs = [torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+              for shape in ((2, n, dim), (3 * dim, dim), (3 * dim,), (2, masks.num_global, dim))]
+    if not masks.num_global:
+        inputs.pop()  # no global rows to put
 
     def banded(x, weight, bias, global_rows=None):
         return BandedAttention.apply(x, weight, bias, heads, mask, block, pad, masks.global_index,
-                                     masks.global_present, dropout_p, 123, global_rows)
+                                     masks.global_present, dropout_p, 123, global_rows).flatten(2)
 
-    assert torch.autograd.gradcheck(banded, (x, weight, bias))
-    if masks.num_global:  # the global tokens' rows replaced by global_rows, which take their gradient
-        assert torch.autograd.gradcheck(banded, (x, weight, bias, global_rows))
-    if dropout_p:
-        return
-    qkv = torch.nn.functional.linear(x, weight, bias).view(2, n, 3, heads, dim // heads)
-    window = sdpa_window_attention(qkv, masks, one_sided)
-    torch.testing.assert_close(banded(x, weight, bias), window, rtol=0, atol=1e-12)
-    if masks.num_global:
-        torch.testing.assert_close(banded(x, weight, bias, global_rows).flatten(2),
-                                   masks.put_global(window.flatten(2), global_rows), rtol=0, atol=1e-12)
+    def reference(x, weight, bias, global_rows=None):
+        qkv = torch.nn.functional.linear(x, weight, bias).view(2, n, 3, heads, dim // heads)
+        window = sdpa_window_attention(qkv, masks, one_sided).flatten(2)
+        return window if global_rows is None else masks.put_global(window, global_rows)
+
+    for given in (inputs[:3], inputs):  # the global tokens' rows replaced by global_rows, which take their gradient
+        assert torch.autograd.gradcheck(banded, given, fast_mode=True, atol=1e-8, rtol=1e-6)
+        if dropout_p:
+            continue
+        ours, theirs = banded(*given), reference(*given)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+        grad_out = torch.randn(ours.shape, dtype=torch.float64, generator=gen)
+        for got, want in zip(torch.autograd.grad(ours, given, grad_out), torch.autograd.grad(theirs, given, grad_out)):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
 def test_banded_attention_dropout_zeroes_probabilities_and_rescales_the_rest():
@@ -65,7 +72,7 @@ def test_banded_attention_dropout_zeroes_probabilities_and_rescales_the_rest():
     one must be 0 or its dropout-free value / (1 - p), about a fraction p of them 0, and the same seed the same."""
     n, dim, one_sided, p = 13, 16, 2, 0.4
     masks = masks_for(n, "several")
-    mask, block, pad = masks.window_mask(one_sided, torch.float64)
+    mask, block, pad = masks.band.mask(one_sided, one_sided, torch.float64)
     x = torch.eye(dim, dtype=torch.float64)[:n].expand(2, n, dim)  # token j is e_j
     gen = torch.Generator().manual_seed(0)
     query_key = torch.randn(2 * dim, dim, dtype=torch.float64, generator=gen)

@@ -2,12 +2,10 @@
 steps over given review lengths, JSON written), bench/small_encoder.py on a batch of real reviews,
 bench/batch_sizes.py at two lengths, bench/paired_accuracy.py on made-up predictions for the sample's test reviews."""
 
-import argparse
 import json
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,13 +13,13 @@ import pytest
 from tests.helpers import ROOT, SHARED_IMDB
 
 
-@pytest.mark.slow  # two base-shaped models
+@pytest.mark.slow  # two models of base-shaped layers
 def test_bench_runs_and_writes_its_summary(tmp_path):
     out = tmp_path / "bench.json"
     lengths = tmp_path / "lengths.json"
     lengths.write_text(json.dumps([17, 40, 23, 31, 9]))  # two batches of 2 and one of 1, as the pipeline batches
-    result = subprocess.run([sys.executable, "bench/bench.py", "--lengths", "64", "--imdb-lengths", str(lengths),
-                             "--imdb-batch-size", "2", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "bench.bench", "--layers", "2", "--lengths", "64", "--imdb-lengths",
+                             str(lengths), "--imdb-batch-size", "2", "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
@@ -42,41 +40,28 @@ def test_bench_runs_and_writes_its_summary(tmp_path):
     assert report["setup"]["cpu_kind"]["family"] and "flags" in report["setup"]["cpu_kind"]
 
 
-def test_results_are_filed_by_date_cpu_device_and_dtype(monkeypatch):
-    sys.path.insert(0, str(ROOT / "bench"))
-    import bench
-
-    zen3 = {"name": "AMD EPYC 7B13", "family": "25", "model": "1", "flags": []}
-    zen4 = {"name": "AMD EPYC 9B14", "family": "25", "model": "17", "flags": []}
-    zen5 = {"name": "AMD EPYC", "family": "26", "model": "2", "flags": []}
-    assert [bench.cpu_label(kind) for kind in (zen3, zen4, zen5)] == ["zen3", "zen4", "zen5"]
-    assert bench.cpu_label({"name": "Intel Xeon", "family": "6", "model": "143"}) == "family6-model143"
-    monkeypatch.setattr(bench, "cpu_kind", lambda: zen4)
-    args = argparse.Namespace(device="cpu", dtype="fp32", large=True)
-    assert bench.default_out(args).name == f"{time.strftime('%Y-%m-%d')}-zen4-cpu-fp32-large.json"
-
-
 @pytest.mark.slow  # four models, two batch sizes
 @pytest.mark.skipif(not SHARED_IMDB.is_dir(), reason="needs the real IMDb reviews in ../shared/imdb")
 def test_small_encoder_bench_on_real_reviews(tmp_path):
     out = tmp_path / "minilm.json"
-    result = subprocess.run([sys.executable, "bench/small_encoder.py", "--reviews", "8", "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "bench.small_encoder", "--reviews", "4", "--batch-sizes", "1", "4",
+                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     models = ["ours", "transformers Longformer", "transformers BERT, 512 tokens", "ours, 512 tokens"]
     assert [(r["model"], r["batch_size"], r["reviews"]) for r in report["rows"]] == [
-        (model, batch, 8) for batch in (1, 8) for model in models]
+        (model, batch, 4) for batch in (1, 4) for model in models]
     speed = {(r["model"], r["batch_size"]): r["reviews_per_s"] for r in report["rows"]}
-    assert report["summary"]["batch 8 / batch 1"]["ours"] == pytest.approx(speed["ours", 8] / speed["ours", 1])
-    # one pipeline batch of 8 reviews; truncated at 512 the same reviews have no more tokens than at 4096
+    assert report["summary"]["batch 4 / batch 1"]["ours"] == pytest.approx(speed["ours", 4] / speed["ours", 1])
+    # one pipeline batch of 4 reviews; truncated at 512 the same reviews have no more tokens than at 4096
     long, short = report["rows"][0], report["rows"][3]
-    assert short["tokens"] <= long["tokens"] <= 8 * 4096
+    assert short["tokens"] <= long["tokens"] <= 4 * 4096
 
 
+@pytest.mark.slow  # a bench in a subprocess
 def test_batch_sizes_bench_writes_a_row_per_length(tmp_path):
     out = tmp_path / "batch-sizes.json"
-    result = subprocess.run([sys.executable, "bench/batch_sizes.py", "--lengths", "9", "16", "--batch-sizes", "1", "8",
+    result = subprocess.run([sys.executable, "-m", "bench.batch_sizes", "--lengths", "9", "16", "--batch-sizes", "1", "8",
                              "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(out.read_text())["rows"]
@@ -84,6 +69,7 @@ def test_batch_sizes_bench_writes_a_row_per_length(tmp_path):
     assert all(row["batch 1 ms per review"] > 0 and row["batch 8 ms per review"] > 0 for row in rows)
 
 
+@pytest.mark.slow  # a bench in a subprocess
 def test_paired_accuracy_splits_the_test_reviews_by_length(tmp_path):
     from longformer.pipeline.data import load_raw
     from longformer.pipeline.download import minilm_directory
@@ -95,7 +81,7 @@ def test_paired_accuracy_splits_the_test_reviews_by_length(tmp_path):
         predicted[::every] = 1 - predicted[::every]
         np.savetxt(tmp_path / f"{name}.csv", np.stack([labels, predicted], 1), fmt="%d", delimiter=",",
                    header="actual,predicted", comments="")
-    result = subprocess.run([sys.executable, "bench/paired_accuracy.py", str(tmp_path / "a.csv"),
+    result = subprocess.run([sys.executable, "-m", "bench.paired_accuracy", str(tmp_path / "a.csv"),
                              str(tmp_path / "b.csv"), "--dataset", "sample", "--tokenizer", str(minilm_directory()),
                              "--longer-than", "256"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

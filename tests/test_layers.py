@@ -1,6 +1,8 @@
-"""The package's two layers: the model library needs only torch and safetensors, never imports the pipeline, and no
-module of the package imports itself back through others."""
+"""The package's layers: the kernels import nothing of the model; the model library needs only torch and
+safetensors and never imports the pipeline; no module of the package imports itself back through others, not even
+for annotations; and no function of the library is longer than a screen."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -52,8 +54,23 @@ def test_the_library_never_imports_the_pipeline():
     assert not {k: v for k, v in offenders.items() if v}
 
 
+def test_the_kernels_import_nothing_of_the_model():
+    kernels = sorted((ROOT / "longformer/kernels").rglob("*.py"))
+    offenders = {str(p.relative_to(ROOT)): sorted(m for m in imported_modules(p) if m.startswith("longformer.")
+                                                  and not m.startswith("longformer.kernels"))
+                 for p in kernels}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_no_function_in_the_library_is_over_60_lines():
+    long = [f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for p in sorted((ROOT / "longformer").rglob("*.py")) for node in ast.walk(ast.parse(p.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60]
+    assert not long
+
+
 def test_no_import_cycle_in_the_package():
-    """Function-level imports count; imports for annotations only (under TYPE_CHECKING) do not."""
+    """Function-level imports count, and so do imports for annotations only (under TYPE_CHECKING)."""
     modules = {module_name(p): p for p in (ROOT / "longformer").rglob("*.py")}
     graph = {name: {m for m in imported_modules(path) if m in modules and m != name} for name, path in modules.items()}
     graph = {name: deps - {package_of(name)} for name, deps in graph.items()}  # a module's own package runs first

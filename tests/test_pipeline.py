@@ -17,7 +17,8 @@ import yaml
 from longformer import weights
 from longformer.config import HeadConfig
 from longformer.hf import convert_hf_checkpoint
-from longformer.pipeline.data import load_raw, sample_corpus, sample_review, save_tokenized, tokenize
+from longformer.pipeline.data import load_raw, save_tokenized, tokenize
+from longformer.pipeline.sample import sample_corpus, sample_review
 from longformer.pipeline.download import download_checkpoint
 from longformer.pipeline.evaluate import evaluate
 from longformer.pipeline.params import DataParams, TrainParams, load_params
@@ -78,9 +79,10 @@ def test_dvc_repro_then_experiment(project):
 
     predict_trained_model(project)
     exported_model_predicts_as_ours(project)
+    edits_make_only_the_stages_that_run_them_stale(project)
 
     sh("git add -A && git commit -qm baseline", project)
-    log = sh("dvc exp run -S head.dropout=0.5", project)
+    log = sh("dvc exp run -S head.dropout=0.5 -S train.epochs=1", project)  # one epoch keeps it short
     assert stages_run(log) == {"train", "evaluate", "export"}
     experiments = json.loads(run("dvc exp show --json", project).stdout)
     dropouts = []
@@ -94,6 +96,22 @@ def test_dvc_repro_then_experiment(project):
     assert "metrics/test.json" in diff
     sh("dvc plots diff HEAD -o plots_html", project)
     assert (project / "plots_html/index.html").is_file()
+
+
+def edits_make_only_the_stages_that_run_them_stale(project: Path) -> None:
+    """`dvc status` after an edit of the training loop, then of the attention kernel: exactly the stages that run the
+    file are stale (the later ones follow when train's output changes); download, convert, tokenize and baseline are
+    not."""
+    for edited, runs_it in (("longformer/pipeline/train.py", {"train"}),
+                            ("longformer/kernels/banded.py", {"train", "evaluate", "export"})):
+        source = (project / edited).read_text()
+        (project / edited).write_text(source + "# an edit\n")
+        try:
+            stale = set(json.loads(run("dvc status --json", project).stdout))
+        finally:
+            (project / edited).write_text(source)
+        assert stale == runs_it, (edited, stale)
+    assert json.loads(run("dvc status --json", project).stdout) == {}
 
 
 def predict_trained_model(project: Path) -> None:
@@ -112,6 +130,19 @@ def predict_trained_model(project: Path) -> None:
                                                    "stdin:2"]
     assert [int(label) for _, label, _ in lines] == [label for _, label in reviews]  # an easy set: all right
     assert all(0.5 <= float(probability) <= 1 for _, _, probability in lines)
+
+    # After training, params.yaml no longer describes the model (an edit, another experiment's params): predict reads
+    # how training tokenized from what the pipeline wrote, so it prints the same.
+    shipped = (project / "params.yaml").read_text()
+    params = yaml.safe_load(shipped)
+    params["data"]["max_length"] = 16
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        again = subprocess.run([sys.executable, "-m", "stages.predict", "one.txt", "more.csv", "-", "--column",
+                                "review"], cwd=project, env=ENV, input=stdin, capture_output=True, text=True)
+    finally:
+        (project / "params.yaml").write_text(shipped)
+    assert again.returncode == 0 and again.stdout == result.stdout, again.stderr
 
 
 def exported_model_predicts_as_ours(project: Path) -> None:

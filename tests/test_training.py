@@ -94,7 +94,7 @@ def test_a_killed_worker_stops_the_run_which_then_resumes(inputs, tmp_path):
     minute, and re-running resumes and ends with the metrics and weights of an uninterrupted 2-process run."""
     import psutil
 
-    two = TRAIN | {"nproc": 2, "grad_accum": 1}
+    two = TRAIN | {"nproc": 2, "grad_accum": 1, "epochs": 1}  # 18 steps: resumable states at 5, 10 and 15
     finish(train_stage(tmp_path / "straight", inputs, two))
     expected_weights, expected_metrics = results(tmp_path / "straight")
 

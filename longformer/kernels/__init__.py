@@ -1,4 +1,4 @@
-"""Fast CPU kernels for the model's two hot spots, behind one dispatch point.
+"""Fast CPU kernels for the model's two hot spots: plain functions of tensors, which import nothing of the model.
 
 `longformer/model.py` and `longformer/attention.py` are the reference: plain PyTorch modules and SDPA, what runs on
 a GPU and under autocast. On the CPU in fp32 the model hands its attention and its add & norm + feed-forward to
@@ -6,11 +6,12 @@ these kernels instead, which compute the same (the parity tests run both paths a
 
   * `banded_attention`: window + global-key attention on PyTorch's CPU flash-attention kernels, over overlapping
     views of one padded q/k/v layout that the fused projection writes straight into (`banded.py`);
-  * `add_and_feed_forward`: the feed-forward on oneDNN's products (faster than MKL's on AMD processors), its
-    activation recomputed in backward rather than stored (`feed_forward.py`, `onednn.py`);
+  * `add_and_feed_forward`: the feed-forward on oneDNN's products, its activation recomputed in backward rather
+    than stored (`feed_forward.py`, `onednn.py`);
   * dropout masks drawn four to a random number (`dropout.py`).
 
-`enabled(x)` decides; `with kernels.disabled():` runs the reference path everywhere (to compare, or to debug).
+`enabled(x)` says whether they run for activations x (the model asks once per forward);
+`with kernels.disabled():` runs the reference path everywhere (to compare, or to debug).
 """
 
 from __future__ import annotations
@@ -18,22 +19,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
 from torch import Tensor
 
 from longformer.kernels.banded import banded_attention
-from longformer.kernels.feed_forward import add_and_feed_forward
+from longformer.kernels.blocks import BandMasks
+from longformer.kernels.feed_forward import ACTIVATIONS, FeedForwardWeights, add_and_feed_forward
+from longformer.kernels.onednn import use_onednn
 
-__all__ = ["add_and_feed_forward", "banded_attention", "disabled", "enabled"]
+__all__ = ["ACTIVATIONS", "BandMasks", "FeedForwardWeights", "add_and_feed_forward", "banded_attention", "disabled",
+           "enabled"]
 
 _switched_off = False
 
 
 def enabled(x: Tensor) -> bool:
-    """Whether the kernels run for activations x: on the CPU, in fp32, without autocast (which picks the dtypes
-    itself), unless switched off by `disabled()`."""
-    return (not _switched_off and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu"))
+    """Whether the kernels run for activations x: where their products run on oneDNN (fp32 on the CPU, without
+    autocast), unless switched off by `disabled()`."""
+    return not _switched_off and use_onednn(x)
 
 
 @contextmanager

@@ -6,42 +6,43 @@ is copied: see `BandedAttention`.
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longformer.kernels.blocks import BandMasks, gather_rows, padded_length
 from longformer.kernels.dropout import keep_mask, words_for
 from longformer.kernels.onednn import linear_into, mm, weight_grad
 
-if TYPE_CHECKING:  # for annotations only: the model imports the kernels, not the other way round
-    from longformer.attention import AttentionMasks
-
-_BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call
-# Queries per block, at most (see _query_block): the fastest of 64, 128 and 256 for each path at 4096 tokens, base
-# shape (docs/performance.md).
-_DROPOUT_BLOCK = 64  # the written-out softmax with attention dropout: the least computed outside the band
+_BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call: its window gradients stay small
+# Queries per block, at most (see _query_block), per path: a smaller block computes fewer scores outside the band
+# but makes the flash kernels' own products smaller; docs/performance.md has the measurements behind these.
+_DROPOUT_BLOCK = 64  # the written-out softmax with attention dropout
 _FORWARD_BLOCK = 64  # the flash kernel's forward alone
 _TRAINING_BLOCK = 128  # its forward + backward
 
 
-def banded_attention(x: Tensor, weight: Tensor, bias: Tensor, masks: AttentionMasks, num_heads: int, one_sided: int,
-                     dropout_p: float = 0.0, global_rows: Tensor | None = None) -> Tensor:
-    """x (B, n, D) -> (B, n, D): `sliding_window_attention` with the fused q/k/v projection (weight, bias), on the
-    CPU: no copies of q/k/v or of the windows, less saved for backward, the global rows written in place."""
-    mask, block, pad = masks.window_mask(one_sided, x.dtype, _query_block(one_sided, dropout_p))
+def banded_attention(x: Tensor, weight: Tensor, bias: Tensor, band: BandMasks, global_index: Tensor,
+                     global_present: Tensor, num_heads: int, one_sided: int, dropout_p: float = 0.0,
+                     global_rows: Tensor | None = None) -> Tensor:
+    """x (B, n, D) -> (B, n, D): window + global-key attention with the fused q/k/v projection (weight, bias), on the
+    CPU: no copies of q/k/v or of the windows, less saved for backward, the global rows written in place.
+
+    band: the window keys (`BandMasks`); global_index (B, G): the global positions first, spare slots after;
+    global_present (B, G): the slot holds a real global token; global_rows (B, G, D): the global tokens' outputs,
+    which replace their rows.
+    """
+    mask, block, pad = band.mask(one_sided, _query_block(one_sided, dropout_p), x.dtype)
     seed = int(torch.randint(2**62, ())) if dropout_p else 0  # from the global RNG: torch.manual_seed rules
-    return BandedAttention.apply(x, weight, bias, num_heads, mask, block, pad, masks.global_index,
-                                 masks.global_present, dropout_p, seed, global_rows).flatten(2)
+    return BandedAttention.apply(x, weight, bias, num_heads, mask, block, pad, global_index, global_present,
+                                 dropout_p, seed, global_rows).flatten(2)
 
 
 def _query_block(one_sided: int, dropout_p: float) -> int:
     """Queries per block of `BandedAttention`: the largest divisor of one_sided (halving it) of at most the block
-    its path runs fastest with. A block of L queries computes L + 2P scores per query where the band needs
-    2P + 1 (at P = 256: 1.5x the band at L = 256, 1.25x at 128, 1.12x at 64), but the flash kernels' own products
-    get smaller too: in backward, below 128 queries that costs more than it saves."""
+    its path takes. A block of L queries computes L + 2P scores per query where the band needs 2P + 1, so smaller
+    blocks waste less; but the flash kernels' products get smaller too, and in backward that costs more below
+    128 queries than it saves."""
     most = _DROPOUT_BLOCK if dropout_p else _TRAINING_BLOCK if torch.is_grad_enabled() else _FORWARD_BLOCK
     block = one_sided
     while block > most and block % 2 == 0:
@@ -72,7 +73,7 @@ class BandedAttention(torch.autograd.Function):
                 global_rows: Tensor | None = None) -> Tensor:
         batch, n, dim = x.shape
         head_dim = dim // heads
-        n_pad = math.ceil(n / block) * block
+        n_pad = padded_length(n, block)
         rows = x.new_empty(pad + batch * n_pad + pad, 3, heads, head_dim)
         rows[:pad] = 0
         rows[rows.shape[0] - pad:] = 0
@@ -127,7 +128,7 @@ class BandedAttention(torch.autograd.Function):
         grad_x = mm(grad_qkv, weight).view(x.shape)
         grad_global_rows = None
         if ctx.needs_input_grad[-1]:  # global_rows, the output's global rows: theirs is the output's gradient
-            grad_global_rows = torch.where(global_present[..., None], _gather_rows(grad_out, global_index).flatten(2),
+            grad_global_rows = torch.where(global_present[..., None], gather_rows(grad_out, global_index).flatten(2),
                                            0)
         grad_weight = weight_grad(grad_qkv, x.reshape(batch * n, -1))
         return (grad_x, grad_weight, grad_qkv.sum(0)) + (None,) * 8 + (grad_global_rows,)
@@ -303,7 +304,3 @@ def _global_scores(q: Tensor, k_glob: Tensor, present: Tensor, scale: float) -> 
     """Scaled scores (H, n_pad, G) of one sequence's queries against its global keys; -inf for empty slots."""
     return ((q @ k_glob.transpose(-1, -2)) * scale).masked_fill(~present, float("-inf"))
 
-
-def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
-    """x (B, n, H, d), index (B, G) -> x's rows at index, (B, G, H, d)."""
-    return x.gather(1, index[..., None, None].expand(-1, -1, *x.shape[2:]))

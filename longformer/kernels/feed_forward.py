@@ -5,43 +5,57 @@ The same computation as `longformer.model.Layer.add_and_feed_forward` (the refer
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from longformer.kernels.dropout import dropout
 from longformer.kernels.onednn import linear, linear_activation, linear_add, linear_into, row_parts, weight_grad
 
-if TYPE_CHECKING:  # for annotations only: the model imports the kernels, not the other way round
-    from longformer.model import Layer
-
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # the encoder's activations by name; gelu is the exact (erf) one
 _CHUNK_ROWS = 512  # tokens per part of the feed-forward's forward: its (rows, 4 D) activations stay in cache
 
 
-def add_and_feed_forward(layer: Layer, attended: Tensor, residual: Tensor) -> Tensor:
-    """attended, residual (B, n, D) -> the layer's output (B, n, D)."""
-    gelu = isinstance(layer.activation, nn.GELU)
-    if not (layer.training or torch.is_grad_enabled()):
-        return _inference(layer, attended, residual, gelu)
-    p = layer.dropout.p if layer.training else 0.0
-    x = layer.attn_norm(residual + dropout(linear(attended, layer.attn_out.weight, layer.attn_out.bias), p))
-    h = linear(x, layer.ffn_in.weight, layer.ffn_in.bias)
-    y = ActivationLinear.apply(h, layer.ffn_out.weight, layer.ffn_out.bias, gelu)
-    return layer.ffn_norm(x + dropout(y, p))
+class FeedForwardWeights(NamedTuple):
+    """A layer's tensors after attention: out = ffn_norm(x + ffn_out(act(ffn_in(x)))), x = attn_norm(residual +
+    attn_out(attended)). Each pair is (weight, bias); the norms share one eps."""
+
+    attn_out: tuple[Tensor, Tensor]
+    attn_norm: tuple[Tensor, Tensor]
+    ffn_in: tuple[Tensor, Tensor]
+    ffn_out: tuple[Tensor, Tensor]
+    ffn_norm: tuple[Tensor, Tensor]
+    norm_eps: float
 
 
-def _inference(layer: Layer, attended: Tensor, residual: Tensor, gelu: bool) -> Tensor:
+def add_and_feed_forward(attended: Tensor, residual: Tensor, weights: FeedForwardWeights, activation: str,
+                         dropout_p: float = 0.0) -> Tensor:
+    """attended, residual (B, n, D) -> the layer's output (B, n, D); activation "gelu" or "relu"; dropout_p is
+    applied after attn_out and ffn_out (0 in eval mode)."""
+    if not (dropout_p or torch.is_grad_enabled()):
+        return _inference(attended, residual, weights, activation)
+    x = _norm(residual + dropout(linear(attended, *weights.attn_out), dropout_p), weights.attn_norm, weights.norm_eps)
+    h = linear(x, *weights.ffn_in)
+    y = ActivationLinear.apply(h, *weights.ffn_out, activation)
+    return _norm(x + dropout(y, dropout_p), weights.ffn_norm, weights.norm_eps)
+
+
+def _norm(x: Tensor, weight_bias: tuple[Tensor, Tensor], eps: float) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:], *weight_bias, eps)
+
+
+def _inference(attended: Tensor, residual: Tensor, weights: FeedForwardWeights, activation: str) -> Tensor:
     """Without dropout or autograd, a few hundred rows at a time: the (rows, 4 D) activations are never whole (no
     fresh full-size tensor to page-fault), and the products apply the activation and the residual adds themselves."""
     rows = residual.reshape(-1, residual.shape[-1])  # (N, D)
-    x = layer.attn_norm(linear_add(attended.reshape(rows.shape), layer.attn_out.weight, layer.attn_out.bias, rows))
+    x = _norm(linear_add(attended.reshape(rows.shape), *weights.attn_out, rows), weights.attn_norm, weights.norm_eps)
     out = torch.empty_like(x)
     for part in row_parts(x.shape[0], _CHUNK_ROWS):
-        h = linear_activation(x[part], layer.ffn_in.weight, layer.ffn_in.bias, "gelu" if gelu else "relu")
-        out[part] = linear_add(h, layer.ffn_out.weight, layer.ffn_out.bias, x[part])
-    return layer.ffn_norm(out).view(residual.shape)
+        h = linear_activation(x[part], *weights.ffn_in, activation)
+        out[part] = linear_add(h, *weights.ffn_out, x[part])
+    return _norm(out, weights.ffn_norm, weights.norm_eps).view(residual.shape)
 
 
 class ActivationLinear(torch.autograd.Function):
@@ -55,24 +69,24 @@ class ActivationLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, gelu: bool) -> Tensor:
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, activation: str) -> Tensor:
         ctx.save_for_backward(h, weight)
-        ctx.gelu = gelu
+        ctx.activation = activation
         rows = h.reshape(-1, h.shape[-1])  # (N, inner)
         y = rows.new_empty(rows.shape[0], weight.shape[0])  # (N, D)
         for part in row_parts(rows.shape[0], _CHUNK_ROWS):
-            linear_into(y[part], F.gelu(rows[part]) if gelu else F.relu(rows[part]), weight, bias)
+            linear_into(y[part], ACTIVATIONS[activation](rows[part]), weight, bias)
         return y.view(*h.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         h, weight = ctx.saved_tensors
         grad_y = grad_y.reshape(-1, grad_y.shape[-1]).contiguous()  # (N, D); oneDNN takes no other strides
-        buffer = F.gelu(h) if ctx.gelu else F.relu(h)  # activation(h), (..., inner)
+        buffer = ACTIVATIONS[ctx.activation](h)  # activation(h), (..., inner)
         flat = buffer.view(grad_y.shape[0], -1)  # (N, inner), the same memory
         grad_weight = weight_grad(grad_y, flat)
         linear_into(flat, grad_y, weight.T, None)  # grad_y @ weight: now the activation's gradient
-        if ctx.gelu:
+        if ctx.activation == "gelu":
             torch.ops.aten.gelu_backward.grad_input(buffer, h, grad_input=buffer)  # in place: now h's gradient
         else:
             buffer.masked_fill_(h <= 0, 0)

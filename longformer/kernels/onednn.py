@@ -1,9 +1,9 @@
 """The model's matrix products on oneDNN's inner-product op (plain fp32).
 
-PyTorch's CPU matmul is MKL's, which on AMD processors runs its AVX2 code; oneDNN, in every x86 PyTorch build,
-picks its kernels for the CPU it runs on (AVX-512 where there is one). `bench/bench.py` prints both rates, and
-docs/performance.md compares them by CPU. Where oneDNN does not apply (float64 in gradchecks, oneDNN switched
-off) each function falls back to PyTorch's own op.
+PyTorch's CPU matmul is MKL's, which picks its code by the processor's vendor; oneDNN, in every x86 PyTorch build,
+picks its kernels by the instructions the CPU has (AVX-512 where there is one). Which is faster depends on the CPU:
+`bench/bench.py` prints both rates and docs/performance.md compares them. Where oneDNN does not apply (float64 in
+gradchecks, autocast, oneDNN switched off) each function falls back to PyTorch's own op.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def row_parts(rows: int, size: int) -> list[slice]:
 
 
 def use_onednn(x: Tensor) -> bool:
+    """Whether x's products run on oneDNN here: fp32 on the CPU, without autocast (which picks the dtypes itself)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 

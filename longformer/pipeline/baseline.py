@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, log_loss
+from sklearn.metrics import accuracy_score
 from sklearn.pipeline import make_pipeline
 
+from longformer.errors import DataError
 from longformer.pipeline.data import load_tokenized
+from longformer.pipeline.metrics import classification_metrics
 
 C_GRID = (0.25, 1.0, 4.0, 16.0)  # inverse regularisation strengths tried; the best on the validation split is kept
 
@@ -34,14 +36,11 @@ def run_baseline(data_dir: str | Path, metrics_file: str | Path) -> dict:
                     for c, model in fitted.items()}
     best_c = max(C_GRID, key=lambda c: val_accuracy[c])
     model = fitted[best_c]
-    probabilities = model.predict_proba(texts["test"])
-    predictions = probabilities.argmax(axis=1)
-    average = "binary" if probabilities.shape[1] == 2 else "macro"
-    metrics = {"accuracy": float(accuracy_score(labels["test"], predictions)),
-               "loss": float(log_loss(labels["test"], probabilities, labels=model.classes_)),
-               "f1": float(f1_score(labels["test"], predictions, average=average)),
-               "reviews": len(predictions), "train_reviews": len(labels["train"]), "C": best_c,
-               "val_accuracy": float(val_accuracy[best_c])}
+    if not np.array_equal(model.classes_, np.arange(len(model.classes_))):  # column c of its scores must be class c
+        raise DataError(f"the train split of {data_dir} has the labels {model.classes_.tolist()}: expected 0, 1, ...")
+    metrics = classification_metrics(labels["test"], model.predict_log_proba(texts["test"])) | {
+        "reviews": len(labels["test"]), "train_reviews": len(labels["train"]), "C": best_c,
+        "val_accuracy": float(val_accuracy[best_c])}
     Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
     Path(metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics | {"seconds": time.perf_counter() - start}

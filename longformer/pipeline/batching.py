@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -40,3 +40,11 @@ def collate(rows: Sequence[Sequence[int]], labels: Sequence[int], pad_token_id: 
         input_ids[i, :len(row)] = torch.as_tensor(row)
         attention_mask[i, :len(row)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.as_tensor(labels)}
+
+
+def inference_batches(rows: Sequence[Sequence[int]], batch_size: int, pad_token_id: int, rank: int = 0,
+                      world: int = 1) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
+    """(indices, input_ids and attention_mask) of batches sorted by length, for inference; process `rank` of `world`
+    gets every world-th batch."""
+    for batch in length_bucketed_batches([len(r) for r in rows], batch_size, shuffle=False)[rank::world]:
+        yield batch, collate([rows[i] for i in batch], [0] * len(batch), pad_token_id)

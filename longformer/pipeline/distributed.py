@@ -37,9 +37,12 @@ class Processes:
         world = int(os.environ.get("WORLD_SIZE", 1))
         if world == 1:
             return cls()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)  # before the process group: NCCL binds to the current device
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", 0)))
+        return cls(dist.get_rank(), world, local_rank)
 
     @property
     def main(self) -> bool:
@@ -48,10 +51,8 @@ class Processes:
 
     @property
     def device(self) -> torch.device:
-        if torch.cuda.is_available():
-            torch.cuda.set_device(self.local_rank)
-            return torch.device("cuda", self.local_rank)
-        return torch.device("cpu")
+        """This process's GPU, or the CPU."""
+        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
     def gather(self, value: object) -> list[object]:
         """Every process's `value`, in rank order, on every process."""

@@ -98,24 +98,28 @@ def how_made_long(params: Params, source: dict, classifier: LongformerClassifier
             "No masked-LM pretraining after the copy: fine-tuned directly on the task.")
 
 
+def card_metadata(params: Params) -> dict:
+    """The model card's YAML header: what the hub indexes the model by."""
+    meta = {"library_name": "transformers", "pipeline_tag": "text-classification",
+            "tags": ["longformer", "text-classification", "long-document"], "metrics": ["accuracy", "f1"]}
+    if is_hub_id(params.model.checkpoint):
+        meta["base_model"] = params.model.checkpoint
+    if params.data.dataset == "imdb":
+        meta["datasets"] = ["imdb"]
+    return meta
+
+
 def model_card(classifier: LongformerClassifier, params: Params, source: dict, summary: dict, metrics: dict,
                origin: dict[str, str]) -> str:
     """The model's README.md in the Hugging Face hub's convention: metadata, then what it is, how it was made,
     on what data, with which params, its test metrics and where it came from."""
-    checkpoint = params.model.checkpoint
-    meta = {"library_name": "transformers", "pipeline_tag": "text-classification",
-            "tags": ["longformer", "text-classification", "long-document"], "metrics": ["accuracy", "f1"]}
-    if is_hub_id(checkpoint):
-        meta["base_model"] = checkpoint
-    if params.data.dataset == "imdb":
-        meta["datasets"] = ["imdb"]
-    config, head = classifier.config, classifier.head_config
-    sizes = ", ".join(f"{split} {summary[split]['reviews']:,}" for split in ("train", "validation", "test"))
-    truncated = ", ".join(f"{split} {summary[split]['truncated']:,}" for split in ("train", "validation", "test"))
+    checkpoint, config, head = params.model.checkpoint, classifier.config, classifier.head_config
+    sizes, truncated = (", ".join(f"{split} {summary[split][key]:,}" for split in ("train", "validation", "test"))
+                        for key in ("reviews", "truncated"))
     results = "\n".join(f"| {name} | {metrics[name]:.4f} |" for name in ("accuracy", "f1", "loss") if name in metrics)
     every_param = yaml.safe_dump(dataclasses.asdict(params), sort_keys=False).strip()
     return f"""---
-{yaml.safe_dump(meta, sort_keys=False).strip()}
+{yaml.safe_dump(card_metadata(params), sort_keys=False).strip()}
 ---
 
 # Longformer classifier ({checkpoint}, {config.max_length} tokens)

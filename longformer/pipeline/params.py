@@ -10,12 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from longformer.config import HeadConfig
+from longformer.config import HeadConfig, is_integer, is_window
 from longformer.errors import ConfigError, MissingInputError
-
-
-def _is_positive_even(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0 and value % 2 == 0
 
 
 @dataclass
@@ -25,13 +21,13 @@ class ModelParams:
     attention_window: int | list = 0  # one window, or one per layer; 0 = the checkpoint's (a BERT/RoBERTa: 512)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 0:
+        if not is_integer(self.max_length, 0):
             raise ConfigError(f"model.max_length must be a positive number of tokens (0 = the checkpoint's), "
                               f"got {self.max_length!r}")
         window = self.attention_window
         windows = window if isinstance(window, list) else [window]
         if window != 0 or isinstance(window, bool):
-            if not windows or not all(_is_positive_even(w) for w in windows):
+            if not windows or not all(is_window(w) for w in windows):
                 raise ConfigError(f"model.attention_window must be a positive even number of tokens, or a list of "
                                   f"one per layer (0 = the checkpoint's), got {window!r}")
 
@@ -50,13 +46,13 @@ class DataParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_length, int) or self.max_length < 8:
+        if not is_integer(self.max_length, 8):
             raise ConfigError(f"data.max_length must be an integer >= 8, got {self.max_length!r}")
         if not 0.0 < self.val_size < 1.0:
             raise ConfigError(f"data.val_size must be a fraction in (0, 1), got {self.val_size!r}")
         for name in ("limit", "test_limit"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not is_integer(value, 0):
                 raise ConfigError(f"data.{name} must be a non-negative integer (0 = all), got {value!r}")
 
 
@@ -80,7 +76,7 @@ class TrainParams:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "nproc"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not is_integer(value, 1):
                 raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
         if not self.lr > 0 or not self.adam_eps > 0:
             raise ConfigError(f"train.lr and train.adam_eps must be positive, got {self.lr!r} and {self.adam_eps!r}")
@@ -98,7 +94,7 @@ class EvaluateParams:
     batch_size: int = 8  # reviews per batch on the test set (length-bucketed)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+        if not is_integer(self.batch_size, 1):
             raise ConfigError(f"evaluate.batch_size must be a positive integer, got {self.batch_size!r}")
 
 
@@ -140,7 +136,7 @@ def _typed(group: str, cls: type, values: dict) -> object:
         expected = hints[key]
         ok = (isinstance(value, bool) if expected is bool else
               isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else
-              isinstance(value, int) and not isinstance(value, bool) if expected is int else
+              is_integer(value) if expected is int else
               isinstance(value, expected))
         if not ok:
             raise ConfigError(f"{group}.{key} must be of type {expected.__name__}, got {value!r}")

@@ -16,10 +16,10 @@ from longformer.errors import DataError, MissingInputError, written_by
 from longformer.hf import load_tokenizer
 from longformer.model import LongformerClassifier
 from longformer.onnx import OnnxClassifier
-from longformer.pipeline.batching import collate, length_bucketed_batches
+from longformer.pipeline.batching import inference_batches
 from longformer.pipeline.data import truncate
-from longformer.pipeline.evaluate import predict
 from longformer.pipeline.export import HF_DIR, ONNX_FILE
+from longformer.pipeline.inference import predict_logits
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -76,7 +76,7 @@ def classify(train_dir: str | Path, tokenizer_dir: str | Path, texts: Sequence[s
     with written_by("download"):
         tokenizer = load_tokenizer(tokenizer_dir)
     ids = tokenize_reviews(tokenizer, texts, min(max_length, model.config.max_length))
-    logits = predict(model, Dataset.from_dict({"input_ids": ids, "label": [0] * len(ids)}), batch_size)
+    logits = predict_logits(model, Dataset.from_dict({"input_ids": ids}), batch_size)
     return torch.from_numpy(logits).softmax(dim=1).numpy()
 
 
@@ -91,9 +91,8 @@ def classify_onnx(export_dir: str | Path, texts: Sequence[str], batch_size: int 
         session = OnnxClassifier(onnx_file)
     ids = tokenize_reviews(tokenizer, texts, tokenizer.model_max_length)
     logits = np.zeros((len(ids), session.num_labels), dtype=np.float32)
-    for batch in length_bucketed_batches([len(x) for x in ids], batch_size, shuffle=False):
-        inputs = collate([ids[i] for i in batch], [0] * len(batch), tokenizer.pad_token_id)
-        logits[batch] = session.logits(inputs["input_ids"], inputs["attention_mask"])
+    for indices, batch in inference_batches(ids, batch_size, tokenizer.pad_token_id):
+        logits[indices] = session.logits(batch["input_ids"], batch["attention_mask"])
     return torch.from_numpy(logits).softmax(dim=1).numpy()
 
 
