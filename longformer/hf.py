@@ -217,7 +217,7 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
 # ---------------------------------------------------------------------------------------------------------------
 # Writing Hugging Face checkpoints
 
-def hf_config(config: LongformerConfig, **extra):
+def to_hf_config(config: LongformerConfig, **extra):
     """Our encoder's config as a transformers `LongformerConfig` (extra: e.g. a classifier's labels)."""
     from transformers import LongformerConfig as HFLongformerConfig
 
@@ -251,7 +251,7 @@ def save_hf(config: LongformerConfig, state: dict[str, Tensor], directory: str |
     the checkpoint directory `tokenizer` if given, so that `transformers`' `from_pretrained` loads it."""
     from transformers import LongformerModel as HFLongformerModel
 
-    model = HFLongformerModel(hf_config(config), add_pooling_layer=False)
+    model = HFLongformerModel(to_hf_config(config), add_pooling_layer=False)
     model.load_state_dict(to_hf_encoder_state(config, state), strict=True)
     model.save_pretrained(directory)
     save_tokenizer(tokenizer, directory, tokenizer_max_length or config.max_length)
@@ -303,7 +303,7 @@ def save_hf_classifier(config: LongformerConfig, state: dict[str, Tensor], head:
     labels = labels or [f"LABEL_{i}" for i in range(head.num_labels)]
     # classifier_dropout: the head's own dropout, read back by read_hf_head (transformers' Longformer trains its head
     # with hidden_dropout_prob; dropout does nothing at inference)
-    model = LongformerForSequenceClassification(hf_config(
+    model = LongformerForSequenceClassification(to_hf_config(
         config, num_labels=head.num_labels, id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)}, classifier_dropout=head.dropout))
     hf_state = {f"longformer.{k}": v for k, v in to_hf_encoder_state(config, encoder).items()}
