@@ -34,7 +34,7 @@ from longformer.pipeline.allocator import keep_freed_memory
 from longformer.pipeline.batching import collate, length_bucketed_batches
 from longformer.pipeline.data import load_raw, truncate
 from longformer.pipeline.download import minilm_directory
-from longformer.pipeline.step import make_optimizer, optimizer_step
+from longformer.pipeline.step import classification_loss, make_optimizer, optimizer_step
 
 from bench.harness import LogitsOf, cpu_kind, cpu_label, results_path, write_results
 from bench.imdb_sample import IMDB
@@ -75,7 +75,7 @@ def time_training(model: torch.nn.Module, steps: list[list[dict[str, torch.Tenso
     after a warm-up step."""
     model.train()
     optimizer = make_optimizer(model, lr=1e-5)
-    recipe = dict(label_smoothing=0.1, max_grad_norm=1.0)
+    recipe = dict(loss_of=classification_loss(0.1), max_grad_norm=1.0)
     optimizer_step(model, steps[0], optimizer, **recipe)
     best = float("inf")
     for _ in range(repeats):

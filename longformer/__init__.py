@@ -17,6 +17,7 @@ PUBLIC = {  # name -> the module that defines it
     "UserError": "longformer.errors",
     "WeightsMismatchError": "longformer.errors",
     "LongformerClassifier": "longformer.model",
+    "LongformerForMaskedLM": "longformer.model",
     "LongformerModel": "longformer.model",
 }
 __all__ = sorted(PUBLIC)

@@ -1,10 +1,11 @@
 """Hugging Face checkpoints <-> our model: the library's only module that imports `transformers` (lazily).
 
 * `convert_hf_checkpoint`: a Longformer, BERT or RoBERTa checkpoint (hub id or local directory) -> our config +
-  state dict (renamed, q/k/v fused); a BERT or RoBERTa becomes a long Longformer the way the Longformer was made
-  from RoBERTa.
-* `save_hf`: our encoder -> a Hugging Face `LongformerModel` directory; `save_hf_classifier`: our classifier -> a
-  `LongformerForSequenceClassification` directory, whose head `read_hf_head` reads back.
+  state dict (renamed, q/k/v fused) + its masked-LM head if it ships one; a BERT or RoBERTa becomes a long
+  Longformer the way the Longformer was made from RoBERTa.
+* `save_hf`: our encoder -> a Hugging Face `LongformerModel` directory; `save_hf_masked_lm`: our masked LM -> a
+  `LongformerForMaskedLM` directory; `save_hf_classifier`: our classifier -> a `LongformerForSequenceClassification`
+  directory, whose head `read_hf_head` reads back.
 * `load_tokenizer`: a checkpoint directory's tokenizer.
 Our own format (config + safetensors) lives in `longformer.weights`.
 """
@@ -45,6 +46,11 @@ QKV_NAMES = ("attention.self.query", "attention.self.key", "attention.self.value
 HF_PREFIX = re.compile(r"^(longformer|roberta|bert)\.")  # task models keep the encoder under one of these
 # Present in Hugging Face checkpoints, unused by the encoder.
 IGNORED = re.compile(r"^(pooler\.|lm_head\.|cls\.|embeddings\.position_ids$)")
+# Masked-LM heads: BERT's (`cls.predictions`) and RoBERTa's or Longformer's (`lm_head`) -> ours (`MaskedLMHead`).
+# Their decoder's weight is the word embeddings and its bias the head's `bias`: tied, not read.
+LM_HEAD_NAMES = {"cls.predictions.transform.dense": "dense", "cls.predictions.transform.LayerNorm": "norm",
+                 "cls.predictions": "", "lm_head.dense": "dense", "lm_head.layer_norm": "norm", "lm_head": ""}
+LM_HEAD_PREFIXES = ("cls.", "lm_head.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -175,26 +181,28 @@ def load_tokenizer(directory: str | Path):
 
 def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
                           attention_window: int | list[int] | None = None
-                          ) -> tuple[LongformerConfig, dict[str, Tensor]]:
-    """A hub id or local Hugging Face directory (Longformer, BERT or RoBERTa) -> our config and state dict.
+                          ) -> tuple[LongformerConfig, dict[str, Tensor], dict[str, Tensor] | None]:
+    """A hub id or local Hugging Face directory (Longformer, BERT or RoBERTa) -> our config, the encoder's state
+    dict and the masked-LM head's (named as in `MaskedLMHead`; None where the checkpoint ships no head).
 
     max_length (tokens) and attention_window (one, or one per layer) default to the checkpoint's; a BERT or
     RoBERTa has no window and gets 512. A Longformer cannot be given more positions than it was trained with.
     """
-    from transformers import AutoModel
-
     checkpoint = str(checkpoint)
     hf_config = read_hf_config(checkpoint)
-    hub = is_hub_id(checkpoint)
-    try:
-        with nullcontext() if hub else reading(checkpoint):
-            # Mismatched shapes are reported in `info` (and refused below) instead of a bare error.
-            hf_model, info = AutoModel.from_pretrained(checkpoint, config=hf_config, add_pooling_layer=False,
-                                                       dtype=torch.float32, output_loading_info=True,
-                                                       ignore_mismatched_sizes=True)
-    except OSError as error:  # a hub id's download (a local directory's errors come out of `reading`)
-        raise unreachable_error(checkpoint, error) from error
-    problems = [f"missing tensors: {', '.join(sorted(info['missing_keys']))}"] if info.get("missing_keys") else []
+    if not getattr(hf_config, "tie_word_embeddings", True):
+        raise CheckpointError(f"{checkpoint!r} has a masked-LM decoder of its own (tie_word_embeddings=false); "
+                              "only heads whose decoder is the word embeddings can be converted")
+    hf_model, info = load_hf_masked_lm(checkpoint, hf_config)
+    missing = set(info.get("missing_keys") or ())
+    head_missing = {name for name in missing if name.startswith(LM_HEAD_PREFIXES)}
+    # No head at all: every head tensor missing but the decoder's weight, which is the word embeddings.
+    head_shipped = [name for name in hf_model.state_dict() if name.startswith(LM_HEAD_PREFIXES)
+                    and name not in missing and not name.endswith("decoder.weight")]
+    has_head = not head_missing
+    if not head_shipped:
+        missing -= head_missing
+    problems = [f"missing tensors: {', '.join(sorted(missing))}"] if missing else []
     problems += [f"{name}: checkpoint {tuple(found)} vs config {tuple(wanted)}"
                  for name, found, wanted in sorted(info.get("mismatched_keys") or [])]
     if problems:
@@ -203,7 +211,9 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
         config = LongformerConfig.from_hf_dict(hf_model.config.to_dict())
     except ValueError as error:
         raise CheckpointError(f"cannot convert {checkpoint!r}: {error}") from error
-    state = rename_hf_state_dict(hf_model.state_dict())
+    hf_state = hf_model.state_dict()
+    state = rename_hf_state_dict(hf_state)
+    lm_head = rename_hf_lm_head(hf_state) if has_head else None
     if hf_config.model_type == "longformer":
         if max_length is not None and max_length > config.max_length:
             raise CheckpointError(f"{checkpoint!r} is a Longformer trained on {config.max_length} positions; it "
@@ -211,7 +221,39 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
                                   "BERT or RoBERTa checkpoint instead")
     else:
         add_global_projections(state, config.num_layers)
-    return resize(config, state, max_length, attention_window), state
+    return resize(config, state, max_length, attention_window), state, lm_head
+
+
+def load_hf_masked_lm(checkpoint: str, hf_config):
+    """transformers' masked LM of the checkpoint's family, and its loading info: the head's tensors are reported
+    missing where the checkpoint ships the encoder alone, and mismatched shapes are reported instead of raised."""
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity, progress_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its load report would call a missing head corrupt: convert says what it does
+    if not is_hub_id(checkpoint):  # a local load's bar would bury the stage's own lines; a download keeps its bar
+        hf_logging.disable_progress_bar()
+    try:
+        with nullcontext() if is_hub_id(checkpoint) else reading(checkpoint):
+            return AutoModelForMaskedLM.from_pretrained(checkpoint, config=hf_config, dtype=torch.float32,
+                                                        output_loading_info=True, ignore_mismatched_sizes=True)
+    except OSError as error:  # a hub id's download (a local directory's errors come out of `reading`)
+        raise unreachable_error(checkpoint, error) from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress_bars:
+            hf_logging.enable_progress_bar()
+
+
+def rename_hf_lm_head(hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The masked-LM head's tensors of a transformers masked LM's state dict, named as in `MaskedLMHead`."""
+    head = {}
+    for hf_name, tensor in hf_state.items():
+        module, kind = hf_name.rsplit(".", 1)
+        if module in LM_HEAD_NAMES:
+            head[f"{LM_HEAD_NAMES[module]}.{kind}".lstrip(".")] = tensor
+    return head
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,6 +297,27 @@ def save_hf(config: LongformerConfig, state: dict[str, Tensor], directory: str |
     model.load_state_dict(to_hf_encoder_state(config, state), strict=True)
     model.save_pretrained(directory)
     save_tokenizer(tokenizer, directory, tokenizer_max_length or config.max_length)
+
+
+def save_hf_masked_lm(config: LongformerConfig, state: dict[str, Tensor], directory: str | Path,
+                      tokenizer: str | Path | None = None) -> None:
+    """Write our masked LM (state: `encoder.*` and `lm_head.*`) as a Hugging Face `LongformerForMaskedLM` directory,
+    with the tokenizer of the checkpoint directory `tokenizer` if given."""
+    from transformers import LongformerForMaskedLM as HFLongformerForMaskedLM
+
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    hf_state = {f"longformer.{k}": v for k, v in to_hf_encoder_state(config, encoder).items()}
+    hf_names = {ours: theirs for theirs, ours in LM_HEAD_NAMES.items() if theirs.startswith("lm_head")}
+    for name, tensor in state.items():
+        if name.startswith("lm_head."):
+            module, _, kind = name.removeprefix("lm_head.").rpartition(".")
+            hf_state[f"{hf_names[module]}.{kind}"] = tensor.detach().cpu()
+    hf_state["lm_head.decoder.weight"] = hf_state["longformer.embeddings.word_embeddings.weight"]
+    hf_state["lm_head.decoder.bias"] = hf_state["lm_head.bias"]
+    model = HFLongformerForMaskedLM(to_hf_config(config))
+    model.load_state_dict(hf_state, strict=True)
+    model.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory, config.max_length)
 
 
 def save_tokenizer(tokenizer: str | Path | None, directory: str | Path, max_length: int) -> None:

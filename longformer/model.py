@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -136,7 +137,7 @@ class LongformerModel(nn.Module):
         checkpoint's; a BERT or RoBERTa gets windows of 512 and, with a larger max_length, its position
         table copied over and over (as the Longformer was made from RoBERTa).
         """
-        config, state = hf.convert_hf_checkpoint(checkpoint, max_length, attention_window)
+        config, state, _ = hf.convert_hf_checkpoint(checkpoint, max_length, attention_window)
         return load_state_dict_strict(cls(config), state)
 
     def save_hf(self, directory: str | Path, tokenizer: str | Path | None = None) -> None:
@@ -228,12 +229,95 @@ class LongformerClassifier(nn.Module):
         config, state, head = weights.load(directory, head=True)
         return load_state_dict_strict(cls(config, head), state)
 
-    def save(self, directory: str | Path) -> None:
-        """Our format: config.json + head.json + model.safetensors."""
-        weights.save(directory, self.config, self.state_dict(), self.head_config)
+    def save(self, directory: str | Path, state: dict[str, Tensor] | None = None) -> None:
+        """Our format: config.json + head.json + model.safetensors, of `state` (default: this model's weights)."""
+        weights.save(directory, self.config, self.state_dict() if state is None else state, self.head_config)
 
 
-def load_state_dict_strict(model: M, state: dict[str, Tensor]) -> M:
+class MaskedLMHead(nn.Module):
+    """dense -> gelu -> LayerNorm -> decoder, whose weight is the word embeddings' (tied) and bias its own: BERT's
+    and RoBERTa's head. Initialised as they initialise it."""
+
+    def __init__(self, config: LongformerConfig, init_std: float = 0.02):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        nn.init.normal_(self.dense.weight, std=init_std)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
+        """(..., D) hidden states, (vocab, D) word embeddings -> (..., vocab) logits."""
+        return F.linear(self.norm(F.gelu(self.dense(hidden))), word_embeddings, self.bias)
+
+
+class LongformerForMaskedLM(nn.Module):
+    """Encoder + masked-LM head: what continued pretraining trains. Attention is local unless a global mask is
+    given."""
+
+    def __init__(self, config: LongformerConfig):
+        super().__init__()
+        self.encoder = LongformerModel(config)
+        self.lm_head = MaskedLMHead(config)
+
+    @property
+    def config(self) -> LongformerConfig:
+        return self.encoder.config
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                global_attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+                predict: Tensor | None = None) -> Tensor:
+        """-> logits (B, n, vocab); with `predict` (B, n, bool), those of the predicted tokens only, (P, vocab) in
+        row-major order: the product with the vocabulary is the largest in the model, and training reads only the
+        masked tokens' logits."""
+        hidden = self.encoder(input_ids, attention_mask, global_attention_mask, token_type_ids)
+        if predict is not None:
+            hidden = hidden[predict]
+        return self.lm_head(hidden, self.encoder.embeddings.word.weight)
+
+    @classmethod
+    def from_encoder(cls, encoder: LongformerModel, lm_head: dict[str, Tensor] | None = None) -> LongformerForMaskedLM:
+        """A masked LM around `encoder`, with the head's tensors `lm_head` (named as in MaskedLMHead), or a new head
+        initialised as BERT's and RoBERTa's where None."""
+        model = cls(encoder.config)
+        model.encoder = encoder
+        if lm_head is not None:
+            load_state_dict_strict(model.lm_head, lm_head, "the masked-LM head")
+        return model
+
+    @classmethod
+    def from_hf(cls, checkpoint: str | Path, max_length: int | None = None,
+                attention_window: int | list[int] | None = None) -> LongformerForMaskedLM:
+        """As `LongformerModel.from_hf`, with the checkpoint's masked-LM head (BERT's `cls.predictions`, RoBERTa's
+        and Longformer's `lm_head`), or a new one where it ships none."""
+        config, state, lm_head = hf.convert_hf_checkpoint(checkpoint, max_length, attention_window)
+        return cls.from_encoder(load_state_dict_strict(LongformerModel(config), state), lm_head)
+
+    def save_hf(self, directory: str | Path, tokenizer: str | Path | None = None) -> None:
+        """Write a Hugging Face `LongformerForMaskedLM` directory, with the tokenizer of the Hugging Face directory
+        `tokenizer` if given: `transformers.pipeline("fill-mask", model=directory)` runs on it."""
+        hf.save_hf_masked_lm(self.config, self.state_dict(), directory, tokenizer)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LongformerForMaskedLM:
+        """A masked LM that `save` wrote (the pretrain stage's data/pretrained)."""
+        encoder = LongformerModel.load(directory)
+        lm_head = weights.load_lm_head(directory)
+        if lm_head is None:
+            raise WeightsMismatchError(f"{directory} holds an encoder without a masked-LM head "
+                                       f"({weights.LM_HEAD_FILE} not found)")
+        return cls.from_encoder(encoder, lm_head)
+
+    def save(self, directory: str | Path, state: dict[str, Tensor] | None = None) -> None:
+        """Our format: the encoder as `LongformerModel.save` writes it (what fine-tuning loads), the head beside it
+        in lm_head.safetensors; of `state` (default: this model's weights)."""
+        state = self.state_dict() if state is None else state
+        parts = {prefix: {k.removeprefix(f"{prefix}."): v for k, v in state.items() if k.startswith(f"{prefix}.")}
+                 for prefix in ("encoder", "lm_head")}
+        weights.save(directory, self.config, parts["encoder"], lm_head=parts["lm_head"])
+
+
+def load_state_dict_strict(model: M, state: dict[str, Tensor], what: str = "the weights") -> M:
     """model.load_state_dict(state), or a WeightsMismatchError naming every tensor that does not fit."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -244,6 +328,6 @@ def load_state_dict_strict(model: M, state: dict[str, Tensor]) -> M:
         parts = [f"{label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
                  for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                                      ("shape mismatches", mis_shaped)) if keys]
-        raise WeightsMismatchError("the weights do not match the model: " + "; ".join(parts))
+        raise WeightsMismatchError(f"{what} do not match the model: " + "; ".join(parts))
     model.load_state_dict(state)
     return model

@@ -15,15 +15,17 @@ cli = app(__doc__)
 @user_errors
 def main(params: Path = Path("params.yaml"), checkpoint: Path = Path("data/checkpoint"),
          out: Path = Path("data/model")) -> None:
-    """Convert a Hugging Face Longformer, BERT or RoBERTa checkpoint into our format (config + safetensors): a BERT
-    or RoBERTa becomes a Longformer of model.max_length tokens and model.attention_window windows."""
+    """Convert a Hugging Face Longformer, BERT or RoBERTa checkpoint into our format (config + safetensors, and its
+    masked-LM head where it ships one): a BERT or RoBERTa becomes a Longformer of model.max_length tokens and
+    model.attention_window windows."""
     conversion = load_params(params).model.conversion()
     with written_by("download"):
-        config, state = convert_hf_checkpoint(checkpoint, **conversion)
-    weights.save(out, config, state)
+        config, state, lm_head = convert_hf_checkpoint(checkpoint, **conversion)
+    weights.save(out, config, state, lm_head=lm_head)
     print(f"{checkpoint} -> {out}: {config.num_layers} layers, hidden {config.hidden_size}, "
           f"windows {sorted(set(config.attention_window))}, {config.max_length} tokens, "
-          f"{sum(t.numel() for t in state.values()) / 1e6:.1f}M parameters")
+          f"{sum(t.numel() for t in state.values()) / 1e6:.1f}M parameters; "
+          + ("its masked-LM head kept" if lm_head else "no masked-LM head in the checkpoint"))
 
 
 if __name__ == "__main__":

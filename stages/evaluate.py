@@ -1,4 +1,4 @@
-"""Stage 5: the trained classifier on the test set -> metrics/test.json and metrics/predictions.csv."""
+"""Stage 6: the trained classifier on the test set -> metrics/test.json and metrics/predictions.csv."""
 
 import time
 from pathlib import Path

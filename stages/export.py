@@ -1,4 +1,4 @@
-"""Stage 6: the trained classifier where users deploy it -> data/export: hf/ (transformers, with a model card) and
+"""Stage 7: the trained classifier where users deploy it -> data/export: hf/ (transformers, with a model card) and
 model.onnx (onnxruntime)."""
 
 import time

@@ -1,4 +1,4 @@
-"""Stage 4: fine-tune encoder + classification head -> data/train (the best weights), metrics/train (dvclive)."""
+"""Stage 5: fine-tune encoder + classification head -> data/train (the best weights), metrics/train (dvclive)."""
 
 import time
 from pathlib import Path
@@ -14,7 +14,7 @@ cli = app(__doc__)
 
 @cli.command()
 @user_errors
-def main(params: Path = Path("params.yaml"), model: Path = Path("data/model"), data: Path = Path("data/tokenized"),
+def main(params: Path = Path("params.yaml"), model: Path = Path("data/pretrained"), data: Path = Path("data/tokenized"),
          out: Path = Path("data/train"), metrics: Path = Path("metrics/train")) -> None:
     """Train with the head.* and train.* params; keep the weights with the best validation accuracy."""
     p = load_params(params)

@@ -21,3 +21,14 @@ def hf_checkpoint(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hf_small")
     model.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(params=["kernels", "reference"])
+def path(request):
+    """Both paths: the CPU kernels, and the reference modules (what runs on a GPU and under autocast)."""
+    from contextlib import nullcontext
+
+    from longformer import kernels
+
+    with nullcontext() if request.param == "kernels" else kernels.disabled():
+        yield request.param

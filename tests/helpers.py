@@ -5,8 +5,10 @@ is imported inside the functions that use it, so that the model's tests run wher
 import ast
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -102,15 +104,18 @@ def prepare_inputs(root: Path, limit: int, val_size: float = 0.1, dropout: float
         config = json.loads((root / "checkpoint/config.json").read_text())
         config.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
         (root / "checkpoint/config.json").write_text(json.dumps(config))
-    weights.save(root / "data/model", *convert_hf_checkpoint(root / "checkpoint"))
+    config, state, lm_head = convert_hf_checkpoint(root / "checkpoint")
+    weights.save(root / "data/model", config, state, lm_head=lm_head)
     params = DataParams(max_length=512, limit=limit, val_size=val_size)
     data, summary = tokenize(sample_dataset(), AutoTokenizer.from_pretrained(root / "checkpoint"), params, 1024)
     save_tokenized(data, summary, root / "data/tokenized")
     return root
 
 
-def stage_workdir(workdir: Path, inputs: Path, params: dict) -> Path:
-    """A directory to run a stage in: its params.yaml, and the inputs' data/model and data/tokenized as symlinks."""
+def stage_workdir(workdir: Path, inputs: Path, params: dict, module: str = "") -> Path:
+    """A directory to run stage `module` in: its params.yaml, and the inputs' data/model, data/tokenized and checkpoint
+    (as data/checkpoint) as symlinks. For the stages after pretrain, data/pretrained is data/model, as pretrain
+    leaves it with no steps."""
     import yaml
 
     workdir.mkdir(exist_ok=True)
@@ -118,13 +123,16 @@ def stage_workdir(workdir: Path, inputs: Path, params: dict) -> Path:
         (workdir / "data").mkdir()
         for name in ("model", "tokenized"):
             (workdir / "data" / name).symlink_to(inputs / "data" / name)
+        (workdir / "data/checkpoint").symlink_to(inputs / "checkpoint")
+        if module != "stages.pretrain":
+            (workdir / "data/pretrained").symlink_to("model")
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     return workdir
 
 
 def start_stage(module: str, workdir: Path, inputs: Path, params: dict, *args: str):
     """The real stage (`python -m stages.X`) in `workdir` (see stage_workdir), as a process."""
-    stage_workdir(workdir, inputs, params)
+    stage_workdir(workdir, inputs, params, module)
     env = os.environ | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -137,7 +145,7 @@ def run_stage_here(module: str, workdir: Path, inputs: Path, params: dict, *args
 
     from typer.testing import CliRunner
 
-    stage_workdir(workdir, inputs, params)
+    stage_workdir(workdir, inputs, params, module)
     previous = Path.cwd()
     os.chdir(workdir)
     try:
@@ -151,3 +159,16 @@ def finish(process) -> str:
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     return output
+
+
+def kill_at_step(process, state: Path, step: int) -> int:
+    """kill -9 the training stage `process` once its resume state `state` holds optimizer step >= `step`; returns
+    the step the state holds."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if state.is_file() and torch.load(state, weights_only=False)["position"]["step"] >= step:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return torch.load(state, weights_only=False)["position"]["step"]

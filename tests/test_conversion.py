@@ -104,7 +104,7 @@ def test_long_minilm_exported_equals_transformers_longformer(minilm, long_minilm
 def test_minilm_through_download_convert_tokenize(tmp_path):
     """model.checkpoint=minilm as the pipeline runs it: its WordPiece tokenizer, [CLS] first, [SEP] last."""
     download_checkpoint("minilm", tmp_path / "checkpoint")
-    config, _ = convert_hf_checkpoint(tmp_path / "checkpoint", max_length=1024)
+    config, _, _ = convert_hf_checkpoint(tmp_path / "checkpoint", max_length=1024)
     assert config.max_length == 1024 and config.attention_window == [512] * 6
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "checkpoint")
     params = DataParams(max_length=1024, limit=20)
@@ -188,7 +188,7 @@ def test_a_longformer_keeps_its_positions(hf_checkpoint):
     """A Longformer checkpoint is used as it is: no more positions than it was trained with; fewer are a cut."""
     with pytest.raises(CheckpointError, match="trained on 298 positions; it cannot take max_length=299"):
         convert_hf_checkpoint(hf_checkpoint, max_length=299)
-    config, state = convert_hf_checkpoint(hf_checkpoint, max_length=100)
-    full_config, full_state = convert_hf_checkpoint(hf_checkpoint)
+    config, state, _ = convert_hf_checkpoint(hf_checkpoint, max_length=100)
+    full_config, full_state, _ = convert_hf_checkpoint(hf_checkpoint)
     assert config.max_length == 100 and full_config.max_length == 298
     assert torch.equal(state["embeddings.position.weight"], full_state["embeddings.position.weight"][:102])

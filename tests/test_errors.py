@@ -26,7 +26,7 @@ def inputs(tmp_path_factory) -> Path:
 
 def with_value(group: str, key: str, value) -> dict:
     params = json.loads(json.dumps(GOOD))
-    params[group][key] = value
+    params.setdefault(group, {})[key] = value
     return params
 
 
@@ -56,6 +56,9 @@ def fails_cleanly(module: str, workdir: Path, inputs: Path, params: dict, *args:
     ("train", "batch_size", 0, "train.batch_size must be a positive integer, got 0"),
     ("head", "dropot", 0.1, "unknown parameter head.dropot in params.yaml; head takes: dim, dropout, activation"),
     ("train", "lr", "fast", "train.lr must be of type float, got 'fast'"),
+    ("pretrain", "steps", -1, "pretrain.steps must be an integer >= 0, got -1"),
+    ("pretrain", "mask_prob", 1.0, "pretrain.mask_prob must be a fraction in (0, 1), got 1.0"),
+    ("pretrain", "mask_prob", 0, "pretrain.mask_prob must be a fraction in (0, 1), got 0"),
 ])
 def test_bad_params_are_named_with_the_fix(group, key, value, message):
     """What a stage prints on a bad param (test_pipeline runs one through a stage: one error line, nothing written)."""
@@ -93,11 +96,11 @@ def test_checkpoint_with_missing_tensor(inputs, tmp_path):
     for f in (inputs / "checkpoint").iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
     state = load_file(broken / "model.safetensors")
-    del state["encoder.layer.0.attention.self.query_global.bias"]
+    del state["longformer.encoder.layer.0.attention.self.query_global.bias"]  # a LongformerForMaskedLM's
     save_file(state, broken / "model.safetensors")
     (tmp_path / "data").mkdir()
     output = fails_cleanly("stages.convert", tmp_path, inputs, GOOD, "--checkpoint", str(broken))
-    assert "missing tensors: encoder.layer.0.attention.self.query_global.bias" in output.replace("\n", "")
+    assert "missing tensors: longformer.encoder.layer.0.attention.self.query_global.bias" in output.replace("\n", "")
     assert not (tmp_path / "data/model/model.safetensors").exists()
 
 
@@ -214,7 +217,7 @@ def test_labels_beyond_the_head_stop_training_before_it_starts(inputs, tmp_path)
 STAGE_FILES = {  # what each stage reads from data/, and what it writes
     "stages.convert": (("checkpoint",), "data/model"),
     "stages.tokenize": (("checkpoint", "model"), "data/tokenized"),
-    "stages.train": (("model", "tokenized"), "data/train"),
+    "stages.train": (("pretrained", "tokenized"), "data/train"),
     "stages.evaluate": (("train", "tokenized"), "metrics/test.json"),
 }
 
@@ -223,7 +226,8 @@ def stage_inputs(workdir: Path, inputs: Path, stage: str, damaged: str | None = 
     """data/ as the stage finds it after the earlier stages, linked; `damaged` a copy instead (to be damaged)."""
     (workdir / "data").mkdir()
     for name in STAGE_FILES[stage][0]:
-        source = inputs / "checkpoint" if name == "checkpoint" else inputs / "data" / name
+        source = {"checkpoint": inputs / "checkpoint", "pretrained": inputs / "data/model"}.get(name,
+                                                                                               inputs / "data" / name)
         if name == damaged:
             shutil.copytree(source, workdir / "data" / name)
         else:
@@ -238,7 +242,7 @@ def truncate(path: Path, size: int = 100) -> None:
 @pytest.mark.parametrize("stage, file, named, rebuild", [
     ("stages.convert", "checkpoint/model.safetensors", "checkpoint", "dvc repro -f download"),
     ("stages.tokenize", "checkpoint/tokenizer.json", "checkpoint", "dvc repro -f download"),
-    ("stages.train", "model/model.safetensors", "model/model.safetensors", "dvc repro -f convert"),
+    ("stages.train", "pretrained/model.safetensors", "pretrained/model.safetensors", "dvc repro -f pretrain"),
     ("stages.tokenize", "model/config.json", "model/config.json", "dvc repro -f convert"),
     ("stages.train", "tokenized/train/data-00000-of-00001.arrow", "tokenized/train", "dvc repro -f tokenize"),
     ("stages.evaluate", "train/model.safetensors", "train/model.safetensors", "dvc repro -f train"),

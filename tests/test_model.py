@@ -60,7 +60,7 @@ def test_config_reads_hf_json_with_int_window(tmp_path):
 
 
 def test_converted_round_trip(hf_checkpoint, tmp_path):
-    config, state = convert_hf_checkpoint(hf_checkpoint)
+    config, state, _ = convert_hf_checkpoint(hf_checkpoint)
     weights.save(tmp_path, config, state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     loaded = LongformerModel.load(tmp_path).eval()
@@ -97,7 +97,7 @@ def test_checkpoint_with_mismatched_shapes_is_a_clear_error(hf_checkpoint, tmp_p
 
 
 def test_loading_a_mismatched_state_dict_names_keys(hf_checkpoint, tmp_path):
-    config, state = convert_hf_checkpoint(hf_checkpoint)
+    config, state, _ = convert_hf_checkpoint(hf_checkpoint)
     state["extra.weight"] = torch.zeros(1)
     state.pop("layers.0.ffn_in.bias")
     state["layers.1.ffn_in.weight"] = torch.zeros(3, 3)

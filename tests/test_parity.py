@@ -1,7 +1,5 @@
 """Our model against transformers' Longformer on the same weights: outputs and gradients."""
 
-from contextlib import nullcontext
-
 import pytest
 import torch
 from transformers import LongformerModel as HFModel
@@ -36,13 +34,6 @@ def make_batch(n: int, globals_: str, seed: int = 0):
 @pytest.fixture(scope="module")
 def models(hf_checkpoint):
     return HFModel.from_pretrained(hf_checkpoint, add_pooling_layer=False), LongformerModel.from_hf(hf_checkpoint)
-
-
-@pytest.fixture(params=["kernels", "reference"])
-def path(request):
-    """Both paths: the CPU kernels, and the reference modules (what runs on a GPU and under autocast)."""
-    with nullcontext() if request.param == "kernels" else kernels.disabled():
-        yield request.param
 
 
 def run_both(models, n, globals_, train):

@@ -59,13 +59,13 @@ def project(tmp_path_factory) -> Path:
 
 
 def stages_run(log: str) -> set[str]:
-    return {s for s in ("download", "convert", "tokenize", "baseline", "train", "evaluate", "export")
+    return {s for s in ("download", "convert", "tokenize", "baseline", "pretrain", "train", "evaluate", "export")
             if f"Running stage '{s}'" in log}
 
 
 def test_dvc_repro_then_experiment(project):
     log = sh("dvc repro", project)
-    assert stages_run(log) == {"download", "convert", "tokenize", "baseline", "train", "evaluate", "export"}
+    assert stages_run(log) == {"download", "convert", "tokenize", "baseline", "pretrain", "train", "evaluate", "export"}
     test = json.loads((project / "metrics/test.json").read_text())
     assert test["accuracy"] >= 0.9 and 0 < test["loss"] < math.log(2) and test["f1"] >= 0.9
     assert test["reviews"] == 1000
@@ -75,7 +75,13 @@ def test_dvc_repro_then_experiment(project):
     assert trained["best"]["val_accuracy"] >= 0.9 and trained["step"] > 0
     assert (project / "metrics/train/plots/metrics/train/loss.tsv").is_file()
     assert len((project / "metrics/predictions.csv").read_text().splitlines()) == 1001
-    assert sorted(p.name for p in (project / "data/model").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (project / "data/model").iterdir()) == ["config.json", "lm_head.safetensors",
+                                                                          "model.safetensors"]
+    pretrained = json.loads((project / "metrics/pretrain.json").read_text())
+    for when in ("before", "after"):
+        assert list(pretrained[when]["by_position"]) == ["0-511", "512-1023"]  # the tiny model's 1024 positions
+    assert pretrained["after"]["loss"] < pretrained["before"]["loss"] and pretrained["steps"] == 20
+    assert (project / "metrics/pretrain/plots/metrics/train/loss.tsv").is_file()
 
     predict_trained_model(project)
     exported_model_predicts_as_ours(project)
@@ -99,11 +105,12 @@ def test_dvc_repro_then_experiment(project):
 
 
 def edits_make_only_the_stages_that_run_them_stale(project: Path) -> None:
-    """`dvc status` after an edit of the training loop, then of the attention kernel: exactly the stages that run the
-    file are stale (the later ones follow when train's output changes); download, convert, tokenize and baseline are
-    not."""
+    """`dvc status` after an edit of fine-tuning, of the loop it shares with pretraining, then of the attention
+    kernel: exactly the stages that run the file are stale (the later ones follow when an output changes); download,
+    convert, tokenize and baseline are not."""
     for edited, runs_it in (("longformer/pipeline/train.py", {"train"}),
-                            ("longformer/kernels/banded.py", {"train", "evaluate", "export"})):
+                            ("longformer/pipeline/loop.py", {"pretrain", "train"}),
+                            ("longformer/kernels/banded.py", {"pretrain", "train", "evaluate", "export"})):
         source = (project / edited).read_text()
         (project / edited).write_text(source + "# an edit\n")
         try:
@@ -187,7 +194,7 @@ def test_bad_param_is_a_clear_error_and_touches_nothing(project, tmp_path):
 def test_stages_on_real_imdb_subset(tmp_path):
     """Tokenize (local-directory loader), then a short train and evaluate on real IMDb reviews."""
     download_checkpoint("tiny", tmp_path / "checkpoint", sample_corpus())
-    config, state = convert_hf_checkpoint(tmp_path / "checkpoint")
+    config, state, _ = convert_hf_checkpoint(tmp_path / "checkpoint")
     weights.save(tmp_path / "model", config, state)
 
     from transformers import AutoTokenizer

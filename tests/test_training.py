@@ -14,7 +14,7 @@ from longformer.config import HeadConfig
 from longformer.errors import TrainingError
 from longformer.pipeline.params import TrainParams
 from longformer.pipeline.train import train
-from tests.helpers import finish, prepare_inputs, start_stage
+from tests.helpers import finish, kill_at_step, prepare_inputs, start_stage
 
 pytestmark = pytest.mark.slow  # stages as subprocesses, trainings
 
@@ -43,15 +43,7 @@ def test_killed_run_resumes_to_the_same_result(inputs, tmp_path):
 
     killed = tmp_path / "killed"
     process = train_stage(killed, inputs, TRAIN)
-    state = killed / ".resume/train/state.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill it mid-epoch, once a few checkpoints exist
-        if state.is_file() and torch.load(state, weights_only=False)["position"]["step"] >= 10:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    steps_done = torch.load(state, weights_only=False)["position"]["step"]
+    steps_done = kill_at_step(process, killed / ".resume/train/state.pt", 10)  # mid-epoch, a few checkpoints in
     assert 10 <= steps_done and not (killed / "data/train/model.safetensors").exists()
 
     output = finish(train_stage(killed, inputs, TRAIN))
@@ -136,15 +128,15 @@ def test_state_of_other_weights_of_the_same_shape_is_discarded(inputs, tmp_path)
     """The resume state is tied to the content of the inputs, not their size: a model re-converted with other
     values (same shapes, same file size) starts afresh, and the stage says what changed."""
     (tmp_path / "data").mkdir()
-    shutil.copytree(inputs / "data/model", tmp_path / "data/model")
+    shutil.copytree(inputs / "data/model", tmp_path / "data/pretrained")
     (tmp_path / "data/tokenized").symlink_to(inputs / "data/tokenized")
     interrupted_run(tmp_path, inputs)
-    weights = tmp_path / "data/model/model.safetensors"
+    weights = tmp_path / "data/pretrained/model.safetensors"
     size = weights.stat().st_size
     save_file({name: tensor * 1.01 for name, tensor in load_file(weights).items()}, weights)
     assert weights.stat().st_size == size
     output = finish(train_stage(tmp_path, inputs, TRAIN))
-    assert "discarding .resume/train/state.pt: it belongs to another run (the model in data/model changed" in output
+    assert "discarding .resume/train/state.pt: it belongs to another run (the model in data/pretrained changed" in output
     assert "resuming" not in output
 
 

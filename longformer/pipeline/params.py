@@ -90,6 +90,45 @@ class TrainParams:
 
 
 @dataclass
+class PretrainParams:
+    """Continued masked-LM pretraining of the converted encoder on the training split's texts."""
+
+    steps: int = 20  # optimizer steps; 0 = none: the converted encoder goes on unchanged
+    batch_size: int = 4  # sequences per batch
+    grad_accum: int = 1
+    max_length: int = 0  # tokens per sequence; 0 = the model's
+    mask_prob: float = 0.15  # of the ordinary tokens: 80% become the mask token, 10% a random one, 10% stay
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-6
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    head_warmup_steps: int = 10  # steps of a new masked-LM head alone before "before" is measured
+    head_warmup_lr: float = 1e-3  # their learning rate (constant): a new head starts far from trained
+    eval_every: int = 0  # optimizer steps between held-out measurements (and at the end); 0 = at the end only
+    resume_every: int = 100
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, at_least in (("steps", 0), ("batch_size", 1), ("grad_accum", 1), ("max_length", 0),
+                               ("head_warmup_steps", 0), ("eval_every", 0), ("resume_every", 1)):
+            value = getattr(self, name)
+            if not is_integer(value, at_least):
+                raise ConfigError(f"pretrain.{name} must be an integer >= {at_least}, got {value!r}")
+        if 0 < self.max_length < 8:
+            raise ConfigError(f"pretrain.max_length must be at least 8 tokens (0 = the model's), got {self.max_length}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"pretrain.mask_prob must be a fraction in (0, 1), got {self.mask_prob!r}")
+        if not min(self.lr, self.head_warmup_lr, self.adam_eps, self.max_grad_norm) > 0:
+            raise ConfigError("pretrain.lr, pretrain.head_warmup_lr, pretrain.adam_eps and pretrain.max_grad_norm "
+                              "must be positive")
+        if not 0.0 <= self.warmup_ratio < 1.0 or self.weight_decay < 0:
+            raise ConfigError(f"pretrain.warmup_ratio must be in [0, 1) and pretrain.weight_decay >= 0, got "
+                              f"{self.warmup_ratio!r} and {self.weight_decay!r}")
+
+
+@dataclass
 class EvaluateParams:
     batch_size: int = 8  # reviews per batch on the test set (length-bucketed)
 
@@ -112,6 +151,7 @@ class ExportParams:
 class Params:
     model: ModelParams = field(default_factory=ModelParams)
     data: DataParams = field(default_factory=DataParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
@@ -125,6 +165,10 @@ class Params:
             raise ConfigError(f"model.max_length={self.model.max_length} is shorter than data.max_length="
                               f"{self.data.max_length}: the model could not read the reviews as tokenized. Raise "
                               "model.max_length or lower data.max_length")
+        if self.model.max_length and self.pretrain.max_length > self.model.max_length:
+            raise ConfigError(f"pretrain.max_length={self.pretrain.max_length} is beyond model.max_length="
+                              f"{self.model.max_length}: the model cannot read such sequences. Lower it (0 = the "
+                              "model's length)")
 
 
 def _typed(group: str, cls: type, values: dict) -> object:

@@ -39,12 +39,32 @@ class NonFiniteLossError(FloatingPointError):
         self.loss = loss
 
 
+LossFunction = Callable[[nn.Module, dict[str, Tensor]], Tensor]
+NOT_PREDICTED = -100  # a masked-LM label that no loss reads (transformers' and cross_entropy's ignore_index)
+
+
+def classification_loss(label_smoothing: float = 0.0) -> LossFunction:
+    """Cross-entropy of `model(input_ids, attention_mask)`'s logits (B, classes) against the batch's labels (B,)."""
+    def loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        return F.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
+    return loss
+
+
+def masked_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Cross-entropy of the predicted tokens (labels (B, n) other than NOT_PREDICTED) only: the model computes the
+    vocabulary's logits for those alone, (P, vocab)."""
+    predict = batch["labels"].ne(NOT_PREDICTED)
+    logits = model(batch["input_ids"], batch["attention_mask"], predict=predict)
+    return F.cross_entropy(logits.float(), batch["labels"][predict])
+
+
 def optimizer_step(model: nn.Module, batches: Sequence[dict[str, Tensor]], optimizer: torch.optim.Optimizer,
-                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, label_smoothing: float = 0.0,
-                   max_grad_norm: float | None = None,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                   loss_of: LossFunction = classification_loss(), max_grad_norm: float | None = None,
                    autocast: Callable[[], AbstractContextManager] = nullcontext) -> float:
     """Forward and backward over `batches` (input_ids, attention_mask, labels), their gradients accumulated, then
-    one optimizer (and scheduler) step. `model(input_ids, attention_mask)` returns logits; under
+    one optimizer (and scheduler) step. `loss_of(model, batch)` runs the model (under `autocast`); under
     DistributedDataParallel the gradients are averaged over the processes once, at the last batch. Returns the
     mean loss; raises NonFiniteLossError (before any backward) on a NaN or infinite one."""
     total = 0.0
@@ -52,8 +72,7 @@ def optimizer_step(model: nn.Module, batches: Sequence[dict[str, Tensor]], optim
         last = i == len(batches) - 1
         with nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync():
             with autocast():
-                logits = model(batch["input_ids"], batch["attention_mask"])
-            loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
+                loss = loss_of(model, batch)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(loss.item())
             (loss / len(batches)).backward()

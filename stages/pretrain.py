@@ -1,0 +1,46 @@
+"""Stage 4: continued masked-LM pretraining of the converted encoder on the training texts -> data/pretrained,
+metrics/pretrain.json (held-out loss before and after, by position), metrics/pretrain (dvclive)."""
+
+import json
+import time
+from pathlib import Path
+
+from longformer.pipeline.allocator import keep_freed_memory
+from longformer.pipeline.cli import app, user_errors
+from longformer.pipeline.distributed import is_main_process, relaunch_under_torchrun
+from longformer.pipeline.params import load_params
+from longformer.pipeline.pretrain import pretrain, skip
+
+cli = app(__doc__)
+
+
+@cli.command()
+@user_errors
+def main(params: Path = Path("params.yaml"), model: Path = Path("data/model"),
+         checkpoint: Path = Path("data/checkpoint"), data: Path = Path("data/tokenized"),
+         out: Path = Path("data/pretrained"), metrics: Path = Path("metrics/pretrain.json"),
+         live: Path = Path("metrics/pretrain")) -> None:
+    """Masked-LM training with the pretrain.* params (pretrain.steps=0: none, the converted encoder goes on
+    unchanged); the encoder with the lowest held-out loss is what the train stage fine-tunes."""
+    p = load_params(params)
+    if p.pretrain.steps == 0:
+        skip(model, out, metrics, live)
+        print(f"pretrain.steps=0: {model} -> {out} unchanged")
+        return
+    if relaunch_under_torchrun(p.train.nproc, "stages.pretrain"):
+        return
+    keep_freed_memory()  # every step allocates the same buffers again: reuse them, no page faults
+    start = time.perf_counter()
+    result = pretrain(model, checkpoint, data, out, metrics, live, p.pretrain)
+    if is_main_process():
+        seconds = time.perf_counter() - start
+        tokens = p.pretrain.steps * p.pretrain.batch_size * p.pretrain.grad_accum * result["sequence_length"]
+        print(json.dumps({k: result[k] for k in ("before", "after")}, indent=2))
+        print(f"{p.pretrain.steps} steps of {p.pretrain.batch_size * p.pretrain.grad_accum} x "
+              f"{result['sequence_length']} tokens in {seconds:.0f} s (with the held-out measurements): "
+              f"{tokens / seconds:.0f} tokens/s; held-out loss {result['before']['loss']:.4f} -> "
+              f"{result['after']['loss']:.4f}")
+
+
+if __name__ == "__main__":
+    cli()
