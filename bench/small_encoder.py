@@ -15,6 +15,10 @@ clipped to norm 1, fused AdamW), the same number of reviews per optimizer step a
 (--reviews-per-step 16: batch 1 accumulates 16 batches, as the reference recipe does, batch 8 two, as the
 pipeline's default does), and glibc keeping freed memory, as the train stage sets it (keep_freed_memory).
 Each model's time is the fastest of --repeats passes over all the reviews, after one warm-up step.
+--precision bf16 runs every model under bf16 autocast (ours then on its bf16 kernels where the CPU computes bf16
+natively); ours is also timed predicting the reviews as the evaluate stage does (batches of 8).
+
+    python -m bench.small_encoder --precision bf16    # writes ...-minilm-bf16.json
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from transformers import AutoTokenizer, BertForSequenceClassification, LongformerForSequenceClassification
 
 from longformer import HeadConfig, LongformerClassifier
@@ -34,6 +39,8 @@ from longformer.pipeline.allocator import keep_freed_memory
 from longformer.pipeline.batching import collate, length_bucketed_batches
 from longformer.pipeline.data import load_raw, truncate
 from longformer.pipeline.download import minilm_directory
+from longformer.pipeline.inference import predict_logits
+from longformer.pipeline.precision import autocast
 from longformer.pipeline.step import classification_loss, make_optimizer, optimizer_step
 
 from bench.harness import LogitsOf, cpu_kind, cpu_label, results_path, write_results
@@ -70,12 +77,14 @@ def build_models(directory: Path, scratch: Path, only_ours: bool = False) -> dic
             f"transformers BERT, {SHORT} tokens": (LogitsOf(bert), SHORT), f"ours, {SHORT} tokens": (ours, SHORT)}
 
 
-def time_training(model: torch.nn.Module, steps: list[list[dict[str, torch.Tensor]]], repeats: int) -> float:
+def time_training(model: torch.nn.Module, steps: list[list[dict[str, torch.Tensor]]], repeats: int,
+                  precision: str = "fp32") -> float:
     """Seconds for an optimizer step over each list of batches (the fastest of `repeats` passes over them all),
     after a warm-up step."""
     model.train()
     optimizer = make_optimizer(model, lr=1e-5)
-    recipe = dict(loss_of=classification_loss(0.1), max_grad_norm=1.0)
+    recipe = dict(loss_of=classification_loss(0.1), max_grad_norm=1.0,
+                  autocast=lambda: autocast(torch.device("cpu"), precision))
     optimizer_step(model, steps[0], optimizer, **recipe)
     best = float("inf")
     for _ in range(repeats):
@@ -95,9 +104,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--default-allocator", action="store_true", help="glibc's defaults (page faults)")
     parser.add_argument("--only-ours", action="store_true", help="time ours alone (A/B runs of a setting)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    out = args.out or results_path(cpu_label(cpu_kind()), "minilm")
+    out = args.out or results_path(cpu_label(cpu_kind()), "minilm" + ("-bf16" if args.precision == "bf16" else ""))
 
     if not args.default_allocator:
         keep_freed_memory()
@@ -118,11 +128,17 @@ def main() -> None:
                            for batch in order]
                 per_step = max(1, args.reviews_per_step // batch_size)
                 steps = [batches[i:i + per_step] for i in range(0, len(batches), per_step)]
-                seconds = time_training(model, steps, args.repeats)
+                seconds = time_training(model, steps, args.repeats, args.precision)
                 rows.append(dict(model=name, batch_size=batch_size, reviews=len(cut), tokens=sum(map(len, cut)),
                                  seconds=seconds, reviews_per_s=len(cut) / seconds))
                 print(f"  batch {batch_size}  {name:32s} {seconds:7.1f} s  {len(cut) / seconds:6.2f} reviews/s",
                       flush=True)
+        ours = models["ours"][0]
+        predict_logits(ours, Dataset.from_dict({"input_ids": reviews[:8]}), 8, precision=args.precision)  # warm-up
+        start = time.perf_counter()
+        predict_logits(ours, Dataset.from_dict({"input_ids": reviews}), 8, precision=args.precision)
+        predicting = len(reviews) / (time.perf_counter() - start)
+        print(f"  ours predicting, batches of 8 (the evaluate stage): {predicting:.1f} reviews/s", flush=True)
     speed = {(r["model"], r["batch_size"]): r["reviews_per_s"] for r in rows}
     names = list(models)
     summary = {f"batch {b}": {f"ours / {other}": speed["ours", b] / speed[other, b] for other in names[1:]}
@@ -130,7 +146,7 @@ def main() -> None:
     if len(args.batch_sizes) > 1:
         first, last = args.batch_sizes[0], args.batch_sizes[-1]
         summary[f"batch {last} / batch {first}"] = {name: speed[name, last] / speed[name, first] for name in names}
-    write_results(out, args, dict(rows=rows, summary=summary))
+    write_results(out, args, dict(rows=rows, summary=summary, ours_predicting_reviews_per_s=predicting))
     print(json.dumps(summary, indent=2))
 
 

@@ -120,6 +120,7 @@ class LongformerModel(nn.Module):
             raise ValueError("global_only=True needs at least one global token")
         x = self.embeddings(input_ids, token_type_ids)
         use_kernels = kernels.enabled(x)  # the one place that chooses between the kernels and the reference
+        kernels.forget_casts()  # the weights may have changed in place since the last forward
         for i, layer in enumerate(self.layers):
             run = layer.forward_global if global_only and i == len(self.layers) - 1 else layer
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

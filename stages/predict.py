@@ -22,6 +22,7 @@ def main(inputs: list[str] = typer.Argument(None, help="text files (one review e
          summary: Path = typer.Option(Path("data/tokenized/summary.json"),
                                       help="the tokenize stage's summary: the truncation training used"),
          batch_size: int = typer.Option(8, min=1, help="reviews per batch"),
+         precision: str = typer.Option("auto", help="auto (bf16 where the CPU computes it natively), fp32 or bf16"),
          onnx: bool = typer.Option(False, "--onnx", help="run the export stage's ONNX file with onnxruntime"),
          export: Path = Path("data/export")) -> None:
     """Print one line per review: its source, the predicted label and that label's probability (tab-separated)."""
@@ -30,7 +31,8 @@ def main(inputs: list[str] = typer.Argument(None, help="text files (one review e
     if onnx:
         probabilities = classify_onnx(export, texts, batch_size)
     else:
-        probabilities = classify(model, checkpoint, texts, read_json(summary, "tokenize")["max_length"], batch_size)
+        probabilities = classify(model, checkpoint, texts, read_json(summary, "tokenize")["max_length"], batch_size,
+                                 precision)
     for review, probs in zip(reviews, probabilities):
         label = int(probs.argmax())
         print(f"{review.source}\t{label}\t{probs[label]:.4f}")

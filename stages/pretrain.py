@@ -31,7 +31,7 @@ def main(params: Path = Path("params.yaml"), model: Path = Path("data/model"),
         return
     keep_freed_memory()  # every step allocates the same buffers again: reuse them, no page faults
     start = time.perf_counter()
-    result = pretrain(model, checkpoint, data, out, metrics, live, p.pretrain)
+    result = pretrain(model, checkpoint, data, out, metrics, live, p.pretrain, p.train.precision)
     if is_main_process():
         seconds = time.perf_counter() - start
         tokens = p.pretrain.steps * p.pretrain.batch_size * p.pretrain.grad_accum * result["sequence_length"]

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longformer.kernels.onednn import linear, linear_activation, linear_add, linear_into, use_onednn, weight_grad
+from longformer.kernels.onednn import (linear, linear_activation, linear_add, linear_into, native_bf16, use_onednn,
+                                       weight_grad)
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 
@@ -20,10 +21,11 @@ def assert_close_to(actual: torch.Tensor, exact: torch.Tensor) -> None:
     torch.testing.assert_close(actual.double(), exact, rtol=0, atol=1e-5 * scale)
 
 
-def test_onednn_is_used_for_fp32_on_the_cpu_only(monkeypatch):
+def test_onednn_is_used_for_fp32_and_native_bf16_on_the_cpu_only(monkeypatch):
     x = torch.ones(2, 3)
     assert use_onednn(x)
     assert not use_onednn(x.double())  # float64 (gradchecks): PyTorch's own ops
+    assert use_onednn(x.bfloat16()) == native_bf16()  # bf16 where the CPU computes it, not emulated
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not use_onednn(x)  # autocast picks the dtypes
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # a user's switch

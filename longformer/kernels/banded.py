@@ -1,7 +1,9 @@
 """Window + global-key attention on PyTorch's CPU flash-attention kernels, with the q/k/v projection fused in.
 
 The same computation as `longformer.attention.sliding_window_attention` (the reference), laid out so that nothing
-is copied: see `BandedAttention`.
+is copied: see `BandedAttention`. Under bf16 autocast q, k, v and the output are bf16, as on the reference; the
+flash kernels accumulate and take the softmax in fp32, and so does the rest here (global keys, dropout's blocks,
+the gradients' sums).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from torch import Tensor
 
 from longformer.kernels.blocks import BandMasks, gather_rows, padded_length
 from longformer.kernels.dropout import keep_mask, words_for
-from longformer.kernels.onednn import linear_into, mm, weight_grad
+from longformer.kernels.onednn import compute_dtype, linear_into, mm, weight_grad, without_autocast
 
 _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call: its window gradients stay small
 # Queries per block, at most (see _query_block), per path: a smaller block computes fewer scores outside the band
@@ -20,30 +22,43 @@ _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call: its 
 _DROPOUT_BLOCK = 64  # the written-out softmax with attention dropout
 _FORWARD_BLOCK = 64  # the flash kernel's forward alone
 _TRAINING_BLOCK = 128  # its forward + backward
+_TRAINING_BLOCK_BF16 = 256  # the same in bf16, whose backward gains more from larger products
 
 
 def banded_attention(x: Tensor, weight: Tensor, bias: Tensor, band: BandMasks, global_index: Tensor,
                      global_present: Tensor, num_heads: int, one_sided: int, dropout_p: float = 0.0,
                      global_rows: Tensor | None = None) -> Tensor:
     """x (B, n, D) -> (B, n, D): window + global-key attention with the fused q/k/v projection (weight, bias), on the
-    CPU: no copies of q/k/v or of the windows, less saved for backward, the global rows written in place.
+    CPU: no copies of q/k/v or of the windows, less saved for backward, the global rows written in place. The output
+    is in the products' dtype (`compute_dtype`).
 
     band: the window keys (`BandMasks`); global_index (B, G): the global positions first, spare slots after;
     global_present (B, G): the slot holds a real global token; global_rows (B, G, D): the global tokens' outputs,
     which replace their rows.
     """
-    mask, block, pad = band.mask(one_sided, _query_block(one_sided, dropout_p), x.dtype)
+    dtype = compute_dtype(x)
+    # additive, in the products' dtype; dropout's blocks take their softmax in fp32 (the flash kernels take either)
+    mask, block, pad = band.mask(one_sided, _query_block(one_sided, dropout_p, dtype),
+                                 _accumulation(dtype) if dropout_p else dtype)
     seed = int(torch.randint(2**62, ())) if dropout_p else 0  # from the global RNG: torch.manual_seed rules
-    return BandedAttention.apply(x, weight, bias, num_heads, mask, block, pad, global_index, global_present,
-                                 dropout_p, seed, global_rows).flatten(2)
+    with without_autocast():
+        global_rows = None if global_rows is None else global_rows.to(dtype)
+        return BandedAttention.apply(x.to(dtype), weight, bias, num_heads, mask, block, pad, global_index,
+                                     global_present, dropout_p, seed, global_rows).flatten(2)
 
 
-def _query_block(one_sided: int, dropout_p: float) -> int:
+def _accumulation(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums and softmaxes of products in `dtype` are taken in: fp32, or wider."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _query_block(one_sided: int, dropout_p: float, dtype: torch.dtype = torch.float32) -> int:
     """Queries per block of `BandedAttention`: the largest divisor of one_sided (halving it) of at most the block
     its path takes. A block of L queries computes L + 2P scores per query where the band needs 2P + 1, so smaller
     blocks waste less; but the flash kernels' products get smaller too, and in backward that costs more below
     128 queries than it saves."""
-    most = _DROPOUT_BLOCK if dropout_p else _TRAINING_BLOCK if torch.is_grad_enabled() else _FORWARD_BLOCK
+    training = _TRAINING_BLOCK_BF16 if dtype == torch.bfloat16 else _TRAINING_BLOCK
+    most = _DROPOUT_BLOCK if dropout_p else training if torch.is_grad_enabled() else _FORWARD_BLOCK
     block = one_sided
     while block > most and block % 2 == 0:
         block //= 2
@@ -65,6 +80,8 @@ class BandedAttention(torch.autograd.Function):
     log-sum-exps are set to +inf, so backward recomputes their window probabilities as 0.
     Saved: the input x, the padded q, k, v rows and the output; the windows are never materialised. Dropout's
     masks are not saved either: backward draws them again from the same seed (`_DropoutMasks`).
+    Everything runs in x's dtype but the log-sum-exps, the global keys' part and dropout's softmax (fp32); the
+    gradients are summed in fp32 and returned in their inputs' dtypes.
     """
 
     @staticmethod
@@ -111,7 +128,7 @@ class BandedAttention(torch.autograd.Function):
         grad = F.pad(grad_out, (0, 0, 0, 0, 0, n_pad - n)) if n_pad > n else grad_out.contiguous()  # (B, n_pad, H, d)
         grad_blocks = grad.view(-1, block, *grad.shape[2:]).transpose(1, 2)  # (T, H, L, d), laid out as out is
         q, k, v = _blocked(rows, block, pad)
-        grad_rows = torch.zeros_like(rows)
+        grad_rows = torch.zeros(rows.shape, dtype=_accumulation(rows.dtype))  # summed over overlapping windows
         grad_tokens = _token_rows(grad_rows, pad, batch)
         grad_q = _blocked(grad_rows, block, pad)[0]
         dropped = _DropoutMasks(ctx.dropout_p, ctx.seed) if ctx.dropout_p else None  # the forward's, in its order
@@ -125,13 +142,15 @@ class BandedAttention(torch.autograd.Function):
                 _global_keys_backward(tokens[i], global_index[i], global_present[i], out_tokens[i], lse_tokens[i],
                                       grad[i], grad_tokens[i], scale, dropped)
         grad_qkv = grad_tokens[:, :n].reshape(batch * n, -1)  # (B n, 3 D); a copy only if sequences were padded
+        grad_bias = grad_qkv.sum(0, dtype=weight.dtype)
+        grad_qkv = grad_qkv.to(x.dtype)  # the products' dtype
         grad_x = mm(grad_qkv, weight).view(x.shape)
         grad_global_rows = None
         if ctx.needs_input_grad[-1]:  # global_rows, the output's global rows: theirs is the output's gradient
             grad_global_rows = torch.where(global_present[..., None], gather_rows(grad_out, global_index).flatten(2),
                                            0)
         grad_weight = weight_grad(grad_qkv, x.reshape(batch * n, -1))
-        return (grad_x, grad_weight, grad_qkv.sum(0)) + (None,) * 8 + (grad_global_rows,)
+        return (grad_x, grad_weight, grad_bias) + (None,) * 8 + (grad_global_rows,)
 
 
 def _window_flash_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor,
@@ -173,16 +192,17 @@ def _window_dropout_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale
     (T, H, L, d) and log-sum-exp (T, H, L), laid out token-major in memory, as the flash kernel lays out its own."""
     blocks, heads, block, head_dim = q.shape
     out = q.new_empty(blocks, block, heads, head_dim).transpose(1, 2)
-    lse = q.new_empty(blocks, block, heads).transpose(1, 2)
+    lse = q.new_empty(blocks, block, heads, dtype=_accumulation(q.dtype)).transpose(1, 2)
     scores, keep = _dropout_work(q, k, 2)
     for b in range(blocks):
-        torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale, out=scores)  # (H, L, L + 2P)
+        q_b, k_b, v_b = (t[b].to(scores.dtype) for t in (q, k, v))  # one block in fp32 (a copy if bf16)
+        torch.baddbmm(mask[b], q_b, k_b.transpose(1, 2), alpha=scale, out=scores)  # (H, L, L + 2P)
         top = scores.amax(-1, keepdim=True)
         weights = scores.sub_(top).exp_()  # the softmax's numerators
         total = weights.sum(-1, keepdim=True)  # (H, L, 1)
         lse[b] = (top + total.log()).squeeze(-1)
         # the softmax's normalisation and dropout's 1 / (1 - p) go on the output, (H, L, d)
-        out[b] = (weights.mul_(dropped(keep)) @ v[b]).mul_(dropped.scale / total)
+        out[b] = (weights.mul_(dropped(keep)) @ v_b).mul_(dropped.scale / total)
     return out, lse
 
 
@@ -194,23 +214,24 @@ def _window_dropout_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out:
     The softmax scale goes on q's and k's gradients, which are smaller than the scores."""
     scores, keep, scratch = _dropout_work(q, k, 3)
     for b in range(q.shape[0]):
-        torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale, out=scores)
+        q_b, k_b, v_b, grad_b, out_b = (t[b].to(scores.dtype) for t in (q, k, v, grad, out))  # in fp32
+        torch.baddbmm(mask[b], q_b, k_b.transpose(1, 2), alpha=scale, out=scores)
         probs = scores.sub_(lse[b].unsqueeze(-1)).exp_()  # (H, L, L + 2P)
         dropped(keep)
-        grad_scaled = grad[b] * dropped.scale  # (H, L, d): dropout's 1 / (1 - p) here, not on the probabilities
+        grad_scaled = grad_b * dropped.scale  # (H, L, d): dropout's 1 / (1 - p) here, not on the probabilities
         grad_v = torch.mul(probs, keep, out=scratch).transpose(1, 2) @ grad_scaled  # (H, L + 2P, d)
         _add_windows_grad(grad_rows[:, 2], grad_v[None], block, b)
-        delta = (grad[b] * out[b]).sum(-1, keepdim=True)  # softmax backward's row term, (H, L, 1)
-        grad_probs = torch.bmm(grad_scaled, v[b].transpose(1, 2), out=scratch).mul_(keep)
+        delta = (grad_b * out_b).sum(-1, keepdim=True)  # softmax backward's row term, (H, L, 1)
+        grad_probs = torch.bmm(grad_scaled, v_b.transpose(1, 2), out=scratch).mul_(keep)
         grad_scores = probs.mul_(grad_probs.sub_(delta))  # without the softmax scale
-        grad_q[b] = (grad_scores @ k[b]).mul_(scale)
-        _add_windows_grad(grad_rows[:, 1], (grad_scores.transpose(1, 2) @ q[b]).mul_(scale)[None], block, b)
+        grad_q[b] = (grad_scores @ k_b).mul_(scale)
+        _add_windows_grad(grad_rows[:, 1], (grad_scores.transpose(1, 2) @ q_b).mul_(scale)[None], block, b)
 
 
 def _dropout_work(q: Tensor, k: Tensor, count: int) -> Tensor:
-    """count buffers of one block's scores, (count, H, L, L + 2P), reused by every block: fresh ones would
-    page-fault."""
-    return q.new_empty(count, *q.shape[1:3], k.shape[2])
+    """count buffers of one block's scores, (count, H, L, L + 2P), in fp32 (or wider), reused by every block: fresh
+    ones would page-fault."""
+    return q.new_empty(count, *q.shape[1:3], k.shape[2], dtype=_accumulation(q.dtype))
 
 
 def _token_rows(rows: Tensor, pad: int, batch: int) -> Tensor:
@@ -252,13 +273,16 @@ def _merge_global_keys(tokens: Tensor, global_index: Tensor, present: Tensor, ou
     q, k_glob, v_glob = _query_and_global_keys(tokens, global_index)
     scores = _global_scores(q, k_glob, present, scale)  # (H, n_pad, G)
     lse, out = lse.T, out.transpose(0, 1)  # (H, n_pad), (H, n_pad, d)
+    merged_out = out.to(scores.dtype)  # in fp32: out itself, or a copy of a bf16 one
     merged = torch.logaddexp(lse, scores.logsumexp(-1))
-    out.mul_((lse - merged).exp().unsqueeze(-1))
+    merged_out.mul_((lse - merged).exp().unsqueeze(-1))
     probs = (scores - merged.unsqueeze(-1)).exp()  # (H, n_pad, G)
     if dropped:
-        out.baddbmm_(probs.mul_(dropped(torch.empty_like(probs))), v_glob, alpha=dropped.scale)
+        merged_out.baddbmm_(probs.mul_(dropped(torch.empty_like(probs))), v_glob, alpha=dropped.scale)
     else:
-        out.baddbmm_(probs, v_glob)
+        merged_out.baddbmm_(probs, v_glob)
+    if merged_out is not out:
+        out.copy_(merged_out)
     lse.copy_(merged)
 
 
@@ -278,6 +302,7 @@ def _global_keys_backward(tokens: Tensor, global_index: Tensor, present: Tensor,
     scores, and the global keys' and values'. out, grad (n_pad, H, d) and lse (n_pad, H) are the merged ones."""
     q, k_glob, v_glob = _query_and_global_keys(tokens, global_index)
     probs = (_global_scores(q, k_glob, present, scale) - lse.T.unsqueeze(-1)).exp()  # (H, n_pad, G)
+    grad, out = grad.to(q.dtype), out.to(q.dtype)  # in fp32
     delta = (grad * out).sum(-1).T.unsqueeze(-1)  # softmax backward's row term, (H, n_pad, 1)
     grad = grad.transpose(0, 1)  # (H, n_pad, d)
     # the probabilities after dropout, grad times dropout's 1 / (1 - p), and the probabilities' gradient (H, n_pad, G)
@@ -295,9 +320,11 @@ def _global_keys_backward(tokens: Tensor, global_index: Tensor, present: Tensor,
 
 
 def _query_and_global_keys(tokens: Tensor, global_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One sequence's rows (n_pad, 3, H, d) -> q (H, n_pad, d) and the global slots' keys and values (H, G, d)."""
-    kv = tokens[global_index, 1:].transpose(0, 2)  # (H, 2, G, d)
-    return tokens[:, 0].transpose(0, 1), kv[:, 0], kv[:, 1]
+    """One sequence's rows (n_pad, 3, H, d) -> q (H, n_pad, d) and the global slots' keys and values (H, G, d), in
+    fp32 (copies of bf16 ones)."""
+    dtype = _accumulation(tokens.dtype)
+    kv = tokens[global_index, 1:].transpose(0, 2).to(dtype)  # (H, 2, G, d)
+    return tokens[:, 0].transpose(0, 1).to(dtype), kv[:, 0], kv[:, 1]
 
 
 def _global_scores(q: Tensor, k_glob: Tensor, present: Tensor, scale: float) -> Tensor:

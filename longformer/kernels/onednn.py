@@ -1,12 +1,19 @@
-"""The model's matrix products on oneDNN's inner-product op (plain fp32).
+"""The model's matrix products on oneDNN's inner-product op: fp32, or bf16 on CPUs that compute it natively.
 
 PyTorch's CPU matmul is MKL's, which picks its code by the processor's vendor; oneDNN, in every x86 PyTorch build,
 picks its kernels by the instructions the CPU has (AVX-512 where there is one). Which is faster depends on the CPU:
 `bench/bench.py` prints both rates and docs/performance.md compares them. Where oneDNN does not apply (float64 in
 gradchecks, autocast, oneDNN switched off) each function falls back to PyTorch's own op.
+
+In bf16 the products take the weights as bf16 copies (`cast`, one per forward and its backward) and accumulate in fp32
+(oneDNN does); a weight's gradient is summed in fp32 and returned in the weight's own dtype.
 """
 
 from __future__ import annotations
+
+import functools
+import weakref
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,28 +28,95 @@ def row_parts(rows: int, size: int) -> list[slice]:
     return [slice(first, first + size) for first in range(0, rows, size)]
 
 
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names of the instructions that compute bf16
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, from /proc/cpuinfo (none where there is no such file)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def native_bf16(flags: frozenset[str] | set[str] | None = None) -> bool:
+    """Whether the CPU (with these flags; default: this one's) computes bf16 products natively, at about twice its
+    fp32 rate or more. Elsewhere bf16 is emulated or, on AVX2 alone, not on oneDNN at all."""
+    return any(flag in (cpu_flags() if flags is None else flags) for flag in NATIVE_BF16_FLAGS)
+
+
+def computes(dtype: torch.dtype) -> bool:
+    """Whether oneDNN computes products in `dtype` here: fp32, or bf16 where the CPU does natively."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and native_bf16())
+
+
 def use_onednn(x: Tensor) -> bool:
-    """Whether x's products run on oneDNN here: fp32 on the CPU, without autocast (which picks the dtypes itself)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    """Whether x's products run on oneDNN here: on the CPU, in a dtype it `computes`, without autocast (which picks
+    the dtypes itself; the kernels turn it off and cast themselves)."""
+    return (x.device.type == "cpu" and computes(x.dtype) and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype x's products run in: autocast's where autocast is on for x's device, else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def without_autocast():
+    """The kernels' own dtypes inside: each casts what it needs (PyTorch's CPU autocast would cast again)."""
+    return torch.autocast("cpu", enabled=False)
+
+
+# id(weight) -> (a weak reference to it, its version when cast, the cast); an entry goes when its weight does
+_casts: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+
+
+def forget_casts() -> None:
+    """Drop every cached cast. The model calls it at the start of each forward: an optimizer may change a weight in
+    place without making a new version of it (fused AdamW does), so a cast lives for one forward and its backward."""
+    _casts.clear()
+
+
+def cast(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """`weight` (a parameter) in `dtype`, without autograd: a copy made once per forward (see `forget_casts`) and
+    version of the weight, which the backward (and a checkpointed layer's recomputation) shares, as autocast caches
+    its own casts for one autocast region."""
+    if weight.dtype == dtype:
+        return weight
+    key = id(weight)
+    made = _casts.get(key)
+    if made is None or made[0]() is not weight or made[1] != weight._version or made[2].dtype != dtype:
+        made = weakref.ref(weight, lambda _, key=key: _casts.pop(key, None)), weight._version, weight.detach().to(dtype)
+        _casts[key] = made
+    return made[2]
+
+
 def _inner_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x (N, K) @ weight (M, K)^T + bias on oneDNN; each operand contiguous or a transposed contiguous matrix."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    """x (N, K) @ weight (M, K)^T + bias on oneDNN, in x's dtype; each operand contiguous or a transposed contiguous
+    matrix."""
+    return torch.ops.mkldnn._linear_pointwise(x, cast(weight, x.dtype), _cast_bias(bias, x.dtype), "none", [], "")
 
 
-def mm(a: Tensor, b: Tensor) -> Tensor:
-    """a (N, K) @ b (K, M)."""
-    return _inner_product(a, b.T, None) if use_onednn(a) else a @ b
+def _cast_bias(bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return None if bias is None else cast(bias, dtype)
+
+
+def mm(a: Tensor, weight: Tensor) -> Tensor:
+    """a (N, K) @ weight (K, M), in a's dtype (a weight of another dtype is cast)."""
+    return _inner_product(a, cast(weight, a.dtype).T, None) if use_onednn(a) else a @ weight
 
 
 def weight_grad(grad_y: Tensor, x: Tensor, add_to: Tensor | None = None) -> Tensor:
-    """grad_y (N, M)^T @ x (N, K) -> (M, K), a linear layer's weight gradient, plus add_to (a weight_grad result).
+    """grad_y (N, M)^T @ x (N, K) -> (M, K), a linear layer's weight gradient, plus add_to (a weight_grad result);
+    in fp32 where the operands are bf16.
 
     On oneDNN the product is made in the wider of the two orientations (the faster one; the narrow result is a
-    transposed view of it), as a sum over parts of the rows, each part added to the last by the product itself
-    (smaller operands, which stay in cache).
+    transposed view of it), as a sum over parts of the rows (smaller operands, which stay in cache): in fp32 each
+    part is added to the last by the product itself; in bf16 the parts' products are summed in fp32.
     """
     if not use_onednn(x):
         return grad_y.T @ x if add_to is None else torch.addmm(add_to, grad_y.T, x)
@@ -50,8 +124,13 @@ def weight_grad(grad_y: Tensor, x: Tensor, add_to: Tensor | None = None) -> Tens
     a, b = (x, grad_y) if wide else (grad_y, x)
     total = None if add_to is None else add_to.T if wide else add_to
     for part in row_parts(x.shape[0], _WEIGHT_GRAD_CHUNK_ROWS):
-        total = _inner_product(a[part].T, b[part].T, None) if total is None else \
-            torch.ops.mkldnn._linear_pointwise.binary(a[part].T, total, b[part].T, None, "add")
+        if x.dtype != torch.float32:
+            product = _inner_product(a[part].T, b[part].T, None).float()
+            total = product if total is None else product.add_(total)
+        elif total is None:
+            total = _inner_product(a[part].T, b[part].T, None)
+        else:
+            total = torch.ops.mkldnn._linear_pointwise.binary(a[part].T, total, b[part].T, None, "add")
     if total is None:  # no rows
         return grad_y.T @ x
     return total.T if wide else total
@@ -59,7 +138,8 @@ def weight_grad(grad_y: Tensor, x: Tensor, add_to: Tensor | None = None) -> Tens
 
 def linear_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """out (N, M) = x (N, K) @ weight (M, K)^T + bias, a few hundred rows at a time (oneDNN's op has no `out=`, and
-    its output is copied in from small, reused buffers rather than a fresh full-size one). Returns out."""
+    its output is copied in from small, reused buffers rather than a fresh full-size one); computed in x's dtype.
+    Returns out."""
     if not use_onednn(x):
         return torch.addmm(bias, x, weight.T, out=out) if bias is not None else torch.mm(x, weight.T, out=out)
     for part in row_parts(x.shape[0], _OUT_CHUNK_ROWS):
@@ -72,19 +152,24 @@ def linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, activation
     autograd, oneDNN applies it to each part of the output as it makes it, in cache."""
     if use_onednn(x) and not torch.is_grad_enabled():
         algorithm = "none" if activation == "gelu" else ""  # gelu's: exact (erf), not tanh
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], algorithm)
+        return torch.ops.mkldnn._linear_pointwise(x, cast(weight, x.dtype), _cast_bias(bias, x.dtype), activation, [],
+                                                  algorithm)
     y = linear(x, weight, bias)
     return F.gelu(y) if activation == "gelu" else F.relu(y)
 
 
 def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, other: Tensor) -> Tensor:
-    """x (N, K) @ weight (M, K)^T + bias + other (N, M, contiguous): without autograd, one pass on oneDNN."""
-    if use_onednn(x) and not torch.is_grad_enabled():
-        return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, "add")
+    """x (N, K) @ weight (M, K)^T + bias + other (N, M, contiguous): without autograd, and other in x's dtype, one
+    pass on oneDNN; in other's dtype."""
+    if use_onednn(x) and not torch.is_grad_enabled() and other.dtype == x.dtype:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, cast(weight, x.dtype), _cast_bias(bias, x.dtype),
+                                                         "add")
     return linear(x, weight, bias) + other
 
 
 class _OneDNNLinear(torch.autograd.Function):
+    """x @ weight^T + bias in x's dtype; the weight's and bias's gradients in their own dtype (fp32 sums)."""
+
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
@@ -97,12 +182,12 @@ class _OneDNNLinear(torch.autograd.Function):
         grad_y = grad_y.contiguous()  # e.g. a sum's gradient is an expanded view
         grad_x = mm(grad_y, weight) if ctx.needs_input_grad[0] else None
         grad_weight = weight_grad(grad_y, x) if ctx.needs_input_grad[1] else None
-        grad_bias = grad_y.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_bias = grad_y.sum(0, dtype=weight.dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """F.linear, on oneDNN where `use_onednn`."""
+    """F.linear, on oneDNN where `use_onednn`: in x's dtype, the weight's gradients in theirs."""
     if not use_onednn(x):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, x.shape[-1])

@@ -15,11 +15,13 @@ from longformer.pipeline.data import check_labels, load_tokenized
 from longformer.pipeline.distributed import Processes
 from longformer.pipeline.inference import predict_logits
 from longformer.pipeline.metrics import classification_metrics
+from longformer.pipeline.precision import resolve_precision
 
 
 def evaluate(train_dir: str | Path, data_dir: str | Path, metrics_file: str | Path, predictions_file: str | Path,
-             batch_size: int = 8) -> dict[str, float]:
-    """The trained classifier on the test set -> metrics JSON and an actual/predicted CSV (confusion plot).
+             batch_size: int = 8, precision: str = "auto") -> dict[str, float]:
+    """The trained classifier on the test set, run in `precision` (train.precision) -> metrics JSON and an
+    actual/predicted CSV (confusion plot).
 
     Under torchrun the test set is split over the processes; the main process writes the files.
     """
@@ -29,7 +31,7 @@ def evaluate(train_dir: str | Path, data_dir: str | Path, metrics_file: str | Pa
     test = load_tokenized(data_dir, "test")
     labels = np.asarray(test["label"])
     check_labels(labels, model.head_config.num_labels, f"the test split of {data_dir}")
-    logits = predict_logits(model, test, batch_size, desc="test", procs=procs)
+    logits = predict_logits(model, test, batch_size, "test", procs, resolve_precision(precision, procs.device))
     metrics = classification_metrics(labels, logits) | {"reviews": len(labels)}
     if procs.main:
         Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)

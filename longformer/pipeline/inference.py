@@ -4,7 +4,6 @@ evaluation and prediction run."""
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -14,17 +13,14 @@ from tqdm import tqdm
 from longformer.model import LongformerClassifier
 from longformer.pipeline.batching import inference_batches
 from longformer.pipeline.distributed import Processes
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+from longformer.pipeline.precision import autocast
 
 
 @torch.no_grad()
 def predict_logits(model: LongformerClassifier, data: Dataset, batch_size: int, desc: str = "predict",
-                   procs: Processes = Processes()) -> np.ndarray:
-    """Logits (N, num_labels) of the dataset's `input_ids`, in its order, on every process.
+                   procs: Processes = Processes(), precision: str = "fp32") -> np.ndarray:
+    """Logits (N, num_labels) of the dataset's `input_ids`, in its order, on every process; computed in `precision`
+    (resolved: "fp32" or "bf16").
 
     Batches of similar length for speed; with several processes each predicts every world-th batch and
     the results are gathered, so every review is counted exactly once.
@@ -37,7 +33,7 @@ def predict_logits(model: LongformerClassifier, data: Dataset, batch_size: int, 
     mine: list[tuple[list[int], np.ndarray]] = []
     share = len(range(procs.rank, math.ceil(len(rows) / batch_size), procs.world))
     for indices, batch in tqdm(batches, total=share, desc=desc, leave=False, disable=None):
-        with autocast(device):
+        with autocast(device, precision):
             out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         mine.append((indices, out.float().cpu().numpy()))
     model.train(was_training)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from longformer import weights
 from longformer.errors import TrainingError
 from longformer.pipeline.distributed import Processes
-from longformer.pipeline.inference import autocast
+from longformer.pipeline.precision import autocast
 from longformer.pipeline.step import (LossFunction, NonFiniteLossError, make_optimizer, optimizer_step,
                                       warmup_then_linear_decay)
 
@@ -104,8 +104,8 @@ class Objective(Protocol):
     def collate(self, batch: list[int], epoch: int) -> dict[str, Tensor]:
         """A batch's tensors, as `loss` takes them."""
 
-    def validate(self, model: nn.Module, procs: Processes) -> dict:
-        """Validation metrics: numbers, or dicts of numbers."""
+    def validate(self, model: nn.Module, procs: Processes, precision: str) -> dict:
+        """Validation metrics (the model run in the resolved `precision`): numbers, or dicts of numbers."""
 
 
 @dataclass
@@ -136,6 +136,7 @@ class ResumeState:
     only, so `torch.load(weights_only=True)` reads it and nothing in it runs."""
 
     identity: dict[str, str]  # what the run is: see run_identity
+    precision: str  # what it computed in: "fp32" or "bf16" (train.precision resolved)
     model: dict
     optimizer: dict
     scheduler: dict
@@ -153,8 +154,9 @@ class ResumeState:
         cuda_rng = run.procs.gather(torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
         if not run.procs.main:
             return None
-        return cls(run.identity, run.model.state_dict(), run.optimizer.state_dict(), run.scheduler.state_dict(), rng,
-                   cuda_rng, run.position, run.best, run.notes, snapshot(run.metrics_dir))
+        return cls(run.identity, run.precision, run.model.state_dict(), run.optimizer.state_dict(),
+                   run.scheduler.state_dict(), rng, cuda_rng, run.position, run.best, run.notes,
+                   snapshot(run.metrics_dir))
 
     def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer,
               scheduler: torch.optim.lr_scheduler.LRScheduler, procs: Processes, metrics_dir: Path) -> None:
@@ -176,9 +178,10 @@ class ResumeState:
         weights.write_atomic(path, lambda tmp: torch.save(state, tmp))  # a kill never leaves a torn state file
 
     @classmethod
-    def load(cls, path: Path, identity: dict[str, str], described: dict[str, str], say: bool) -> ResumeState | None:
-        """The state an interrupted run left in `path`, if it is this run's and readable; else None, and (if `say`)
-        one line on why it is discarded. `described` names each part of the identity."""
+    def load(cls, path: Path, identity: dict[str, str], precision: str, described: dict[str, str],
+             say: bool) -> ResumeState | None:
+        """The state an interrupted run left in `path`, if it is this run's, in this `precision`, and readable; else
+        None, and (if `say`) one line on why it is discarded. `described` names each part of the identity."""
         if not path.is_file():
             return None
         try:
@@ -190,6 +193,11 @@ class ResumeState:
             if say:
                 print(f"warning: discarding {path}, which cannot be read ({type(error).__name__}: "
                       f"{str(error)[:200]}); training starts afresh", file=sys.stderr)
+            return None
+        if resumed.precision != precision:
+            if say:
+                print(f"discarding {path}: it was computed in {resumed.precision}, this run computes in {precision} "
+                      "(train.precision); training starts afresh")
             return None
         if changed:
             if say:
@@ -231,6 +239,7 @@ class Run:
     steps_per_epoch: int
     procs: Processes
     identity: dict[str, str]
+    precision: str  # "fp32" or "bf16": train.precision resolved
     resume_file: Path
     metrics_dir: Path
     position: Position = field(default_factory=Position)
@@ -241,7 +250,7 @@ class Run:
     def resume(self, described: dict[str, str]) -> bool:
         """Go on from the resumable state if it is this run's (`described` names each part of the identity);
         then open dvclive. Returns whether it resumed."""
-        resumed = ResumeState.load(self.resume_file, self.identity, described, self.procs.main)
+        resumed = ResumeState.load(self.resume_file, self.identity, self.precision, described, self.procs.main)
         if resumed:
             resumed.apply(self.model, self.optimizer, self.scheduler, self.procs, self.metrics_dir)
             self.position, self.best, self.notes = resumed.position, resumed.best, resumed.notes
@@ -275,15 +284,15 @@ class Run:
 
 
 def start_run(model: nn.Module, params: LoopParams, total_steps: int, epoch_steps: int, identity: dict[str, str],
-              resume_dir: Path, metrics_dir: Path, procs: Processes) -> Run:
+              precision: str, resume_dir: Path, metrics_dir: Path, procs: Processes) -> Run:
     """The optimizer and its warmup-then-decay schedule over `total_steps`; the model wrapped for DDP on several
-    processes."""
+    processes; the steps computed in `precision` (resolved)."""
     optimizer = make_optimizer(model, params.lr, params.weight_decay, params.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_then_linear_decay(total_steps, math.ceil(params.warmup_ratio * total_steps)))
     # The global q/k/v projections go unused (local-only attention; the classifier's last layer): DDP must know.
     forward = DistributedDataParallel(model, find_unused_parameters=True) if procs.world > 1 else model
-    return Run(model, forward, optimizer, scheduler, total_steps, epoch_steps, procs, identity,
+    return Run(model, forward, optimizer, scheduler, total_steps, epoch_steps, procs, identity, precision,
                resume_dir / "state.pt", metrics_dir)
 
 
@@ -330,7 +339,7 @@ def take_step(run: Run, objective: Objective, batches: list[dict[str, Tensor]], 
     batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
     try:
         loss = optimizer_step(run.forward, batches, run.optimizer, run.scheduler, objective.loss, max_grad_norm,
-                              autocast=lambda: autocast(device))
+                              autocast=lambda: autocast(device, run.precision))
     except NonFiniteLossError as error:
         if run.procs.main:
             run.best.write(run.model, out_dir)
@@ -345,7 +354,7 @@ def take_step(run: Run, objective: Objective, batches: list[dict[str, Tensor]], 
 
 def validate(run: Run, objective: Objective) -> None:
     """The objective's validation, logged; the best weights kept."""
-    metrics = objective.validate(run.model, run.procs)
+    metrics = objective.validate(run.model, run.procs, run.precision)
     run.log(flat_metrics(metrics, "val/"))
     run.best.update(run.model, metrics, run.position, objective)
 

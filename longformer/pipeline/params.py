@@ -13,6 +13,9 @@ import yaml
 from longformer.config import HeadConfig, is_integer, is_window
 from longformer.errors import ConfigError, MissingInputError
 
+# train.precision: auto = bf16 on CUDA and on CPUs that compute bf16 natively, fp32 elsewhere (pipeline/precision.py)
+PRECISIONS = ("auto", "fp32", "bf16")
+
 
 @dataclass
 class ModelParams:
@@ -70,10 +73,13 @@ class TrainParams:
     eval_every: int = 100  # optimizer steps between validations (and at every epoch end); 0 = epoch ends only
     resume_every: int = 200  # optimizer steps between saves of the resumable state (and at every epoch end)
     nproc: int = 1  # processes (GPUs, or CPU processes with gloo) on this node; > 1 runs under torch's launcher
+    precision: str = "auto"  # of pretrain, train, evaluate: auto (bf16 where computed natively) | fp32 | bf16
     gradient_checkpointing: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "grad_accum", "nproc"):
             value = getattr(self, name)
             if not is_integer(value, 1):

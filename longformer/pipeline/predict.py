@@ -20,6 +20,7 @@ from longformer.pipeline.batching import inference_batches
 from longformer.pipeline.data import truncate
 from longformer.pipeline.export import HF_DIR, ONNX_FILE
 from longformer.pipeline.inference import predict_logits
+from longformer.pipeline.precision import resolve_precision
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -67,16 +68,17 @@ def _read_table(path: Path, column: str) -> list[Review]:
 
 
 def classify(train_dir: str | Path, tokenizer_dir: str | Path, texts: Sequence[str], max_length: int,
-             batch_size: int = 8) -> np.ndarray:
+             batch_size: int = 8, precision: str = "auto") -> np.ndarray:
     """Class probabilities (N, num_labels) of the trained classifier in `train_dir`, in the order of `texts`;
     reviews are tokenized as the tokenize stage does (truncated to max_length, the last special token kept) and
-    predicted in length-bucketed batches."""
+    predicted in length-bucketed batches, in `precision` (as train.precision)."""
     with written_by("train"):
         model = LongformerClassifier.load(train_dir)
     with written_by("download"):
         tokenizer = load_tokenizer(tokenizer_dir)
     ids = tokenize_reviews(tokenizer, texts, min(max_length, model.config.max_length))
-    logits = predict_logits(model, Dataset.from_dict({"input_ids": ids}), batch_size)
+    logits = predict_logits(model, Dataset.from_dict({"input_ids": ids}), batch_size,
+                            precision=resolve_precision(precision, torch.device("cpu")))
     return torch.from_numpy(logits).softmax(dim=1).numpy()
 
 

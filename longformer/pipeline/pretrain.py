@@ -30,7 +30,7 @@ from longformer.model import LongformerForMaskedLM, LongformerModel
 from longformer.pipeline.batching import collate, length_bucketed_batches
 from longformer.pipeline.data import load_tokenized
 from longformer.pipeline.distributed import Processes
-from longformer.pipeline.inference import autocast
+from longformer.pipeline.precision import autocast, resolve_precision
 from longformer.pipeline.params import PretrainParams
 from longformer.pipeline.step import NOT_PREDICTED, make_optimizer, masked_lm_loss, optimizer_step
 from longformer.pipeline.loop import run_identity, start_run, step_groups, steps_per_epoch, train_to_end
@@ -116,15 +116,17 @@ class MaskedLM:
     def collate(self, batch: list[int], epoch: int) -> dict[str, Tensor]:
         return masked_batch([self.sequences[i] for i in batch], batch, epoch + 1, self.masking, self.pad_token_id)
 
-    def validate(self, model: nn.Module, procs: Processes) -> dict:
-        return held_out_loss(model, self.val_sequences, self.masking, self.batch_size, self.pad_token_id, procs)
+    def validate(self, model: nn.Module, procs: Processes, precision: str) -> dict:
+        return held_out_loss(model, self.val_sequences, self.masking, self.batch_size, self.pad_token_id, procs,
+                             precision)
 
 
 @torch.no_grad()
 def held_out_loss(model: nn.Module, sequences: list[np.ndarray], masking: Masking, batch_size: int,
-                  pad_token_id: int, procs: Processes = Processes()) -> dict:
+                  pad_token_id: int, procs: Processes = Processes(), precision: str = "fp32") -> dict:
     """The masked-LM loss of `sequences` under their fixed validation masks: {"loss": all predicted tokens',
-    "by_position": {"0-511": ..., "512-1023": ..., ...}}, each the mean over the predicted tokens there."""
+    "by_position": {"0-511": ..., "512-1023": ..., ...}}, each the mean over the predicted tokens there; the model
+    run in `precision` (resolved)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -134,7 +136,7 @@ def held_out_loss(model: nn.Module, sequences: list[np.ndarray], masking: Maskin
     for batch in batches[procs.rank::procs.world]:
         tensors = masked_batch([sequences[i] for i in batch], batch, VALIDATION_STREAM, masking, pad_token_id)
         predict = tensors["labels"].ne(NOT_PREDICTED)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(tensors["input_ids"].to(device), tensors["attention_mask"].to(device),
                            predict=predict.to(device))
         losses = F.cross_entropy(logits.float(), tensors["labels"][predict].to(device), reduction="none").cpu()
@@ -148,7 +150,7 @@ def held_out_loss(model: nn.Module, sequences: list[np.ndarray], masking: Maskin
                             for b in range(buckets) if counts[b]}}
 
 
-def warm_up_head(model: LongformerForMaskedLM, objective: MaskedLM, params: PretrainParams) -> None:
+def warm_up_head(model: LongformerForMaskedLM, objective: MaskedLM, params: PretrainParams, precision: str) -> None:
     """`params.head_warmup_steps` optimizer steps of a new head alone at `params.head_warmup_lr`, the encoder frozen,
     on epoch 0's first batches: so that "before" measures the encoder, not a random head."""
     frozen = [p for p in model.encoder.parameters() if p.requires_grad]
@@ -162,7 +164,7 @@ def warm_up_head(model: LongformerForMaskedLM, objective: MaskedLM, params: Pret
             batches = [{k: v.to(device) for k, v in objective.collate(batch, 0).items()}
                        for batch in groups[step % len(groups)]]
             optimizer_step(model, batches, optimizer, None, objective.loss, params.max_grad_norm,
-                           autocast=lambda: autocast(device))
+                           autocast=lambda: autocast(device, precision))
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -199,11 +201,11 @@ def skip(model_dir: Path, out_dir: Path, metrics_file: Path, metrics_dir: Path) 
 
 
 def pretrain(model_dir: str | Path, tokenizer_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
-             metrics_file: str | Path, metrics_dir: str | Path, params: PretrainParams,
+             metrics_file: str | Path, metrics_dir: str | Path, params: PretrainParams, precision: str = "auto",
              resume_dir: str | Path = ".resume/pretrain") -> dict:
-    """Continue masked-LM training of the encoder in model_dir on the training split's texts; the weights with the
-    lowest held-out loss go to out_dir (the encoder as fine-tuning loads it, the head beside it), the held-out loss
-    before and after to metrics_file. Resumable as `train` is."""
+    """Continue masked-LM training of the encoder in model_dir on the training split's texts, in `precision`
+    (train.precision); the weights with the lowest held-out loss go to out_dir (the encoder as fine-tuning loads it,
+    the head beside it), the held-out loss before and after to metrics_file. Resumable as `train` is."""
     model_dir, tokenizer_dir, data_dir, out_dir, metrics_file, metrics_dir = map(
         Path, (model_dir, tokenizer_dir, data_dir, out_dir, metrics_file, metrics_dir))
     with written_by("convert"):
@@ -221,7 +223,7 @@ def pretrain(model_dir: str | Path, tokenizer_dir: str | Path, data_dir: str | P
     objective = MaskedLM(sequences, val_sequences, masking, encoder.config.pad_token_id, params.batch_size)
     identity = run_identity([asdict(params)], {"model": model_dir, "tokenizer": tokenizer_dir, "data": data_dir})
     run = start_run(model, params, params.steps, steps_per_epoch(len(sequences), params, procs), identity,
-                    Path(resume_dir), metrics_dir, procs)
+                    resolve_precision(precision, procs.device), Path(resume_dir), metrics_dir, procs)
     if not run.resume({"params": "the pretrain.* params", "model": f"the model in {model_dir}",
                        "tokenizer": f"the tokenizer in {tokenizer_dir}", "data": f"the tokenized data in {data_dir}"}):
         if lm_head is None:
@@ -229,8 +231,8 @@ def pretrain(model_dir: str | Path, tokenizer_dir: str | Path, data_dir: str | P
                 print(f"{model_dir} has no masked-LM head (its checkpoint ships the encoder only): a new head, tied to "
                       f"the word embeddings, trains alone for {params.head_warmup_steps} steps (lr "
                       f"{params.head_warmup_lr}) before the held-out loss is first measured", file=sys.stderr)
-            warm_up_head(model, objective, params)
-        run.notes["before"] = objective.validate(model, procs)
+            warm_up_head(model, objective, params, run.precision)
+        run.notes["before"] = objective.validate(model, procs, run.precision)
     train_to_end(run, objective, params, out_dir)
     run.finish(out_dir)
     after = {name.removeprefix("val_"): run.best.metrics[name] for name in ("val_loss", "val_by_position")}

@@ -22,6 +22,7 @@ from longformer.pipeline.inference import predict_logits
 from longformer.pipeline.loop import run_identity, start_run, steps_per_epoch, train_to_end
 from longformer.pipeline.metrics import classification_metrics
 from longformer.pipeline.params import TrainParams
+from longformer.pipeline.precision import resolve_precision
 from longformer.pipeline.step import classification_loss
 
 
@@ -47,11 +48,10 @@ class Classification:
     def collate(self, batch: list[int], epoch: int) -> dict[str, Tensor]:
         return collate([self.rows[i] for i in batch], [self.labels[i] for i in batch], self.pad_token_id)
 
-    def validate(self, model: nn.Module, procs: Processes) -> dict:
-        logits = predict_logits(model, self.val_set, self.params.batch_size, "validate", procs)
+    def validate(self, model: nn.Module, procs: Processes, precision: str) -> dict:
+        logits = predict_logits(model, self.val_set, self.params.batch_size, "validate", procs, precision)
         metrics = classification_metrics(np.asarray(self.val_set["label"]), logits)
         return {"accuracy": metrics["accuracy"], "loss": metrics["loss"]}
-
 
 
 def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metrics_dir: str | Path,
@@ -73,9 +73,10 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
     model.encoder.gradient_checkpointing = params.gradient_checkpointing
     objective = Classification(train_set["input_ids"], train_set["label"], val_set, model.config.pad_token_id, params)
     epoch_steps = steps_per_epoch(len(train_set), params, procs)
-    identity = run_identity([asdict(head), asdict(params)], {"model": model_dir, "data": data_dir})
-    run = start_run(model, params, params.epochs * epoch_steps, epoch_steps, identity, Path(resume_dir), metrics_dir,
-                    procs)
+    settings = [asdict(head), {k: v for k, v in asdict(params).items() if k != "precision"}]  # resolved: see Run
+    identity = run_identity(settings, {"model": model_dir, "data": data_dir})
+    run = start_run(model, params, params.epochs * epoch_steps, epoch_steps, identity,
+                    resolve_precision(params.precision, procs.device), Path(resume_dir), metrics_dir, procs)
     run.resume({"params": "the head.* or train.* params", "model": f"the model in {model_dir}",
                 "data": f"the tokenized data in {data_dir}"})
     train_to_end(run, objective, params, out_dir)
