@@ -1,6 +1,7 @@
 """The benches end to end: bench/bench.py at one short length (both models timed, memory measured, batched training
 steps over given review lengths, JSON written), bench/small_encoder.py on a batch of real reviews,
-bench/batch_sizes.py at two lengths, bench/paired_accuracy.py on made-up predictions for the sample's test reviews."""
+bench/batch_sizes.py at two lengths, bench/cpu_profile.py on a short step, bench/paired_accuracy.py on made-up
+predictions for the sample's test reviews."""
 
 import json
 import re
@@ -70,6 +71,17 @@ def test_batch_sizes_bench_writes_a_row_per_length(tmp_path):
 
 
 @pytest.mark.slow  # a bench in a subprocess
+def test_cpu_profile_splits_a_step_by_kind_and_logs_onednn(tmp_path):
+    out = tmp_path / "profile.json"
+    result = subprocess.run([sys.executable, "-m", "bench.cpu_profile", "--layers", "2", "--tokens", "64", "--out",
+                             str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["step_s"] > 0 and report["profiled_kinds_s"]["products"] > 0
+    assert report["linear_flops"] == 3 * 2 * 64 * (4 * 768**2 + 2 * 768 * 3072)  # one full layer, the last <s> only
+    assert all(row["calls"] > 0 and row["seconds"] >= 0 for row in report["onednn_log"])
+
+
 def test_paired_accuracy_splits_the_test_reviews_by_length(tmp_path):
     from longformer.pipeline.data import load_raw
     from longformer.pipeline.download import minilm_directory

@@ -4,10 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longformer.kernels import onednn
 from longformer.kernels.onednn import (linear, linear_activation, linear_add, linear_into, native_bf16, use_onednn,
                                        weight_grad)
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+
+
+@pytest.fixture(autouse=True)
+def fp32_on_onednn(monkeypatch):
+    """oneDNN's fp32 path on every CPU: where it is not the faster library (AVX2 alone) it still computes."""
+    monkeypatch.setattr(onednn, "onednn_fp32_is_faster", lambda: True)
 
 # (rows, in, out): one part, and more rows than a part of linear_into (512) or weight_grad (1024), with the weight
 # gradient's wide orientation on either side
@@ -30,6 +37,13 @@ def test_onednn_is_used_for_fp32_and_native_bf16_on_the_cpu_only(monkeypatch):
         assert not use_onednn(x)  # autocast picks the dtypes
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # a user's switch
     assert not use_onednn(x)
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx2", "fma"}, False), ({"avx2", "avx512f", "avx512bw"}, True)])
+def test_fp32_runs_on_onednn_where_the_cpu_has_avx512(monkeypatch, flags, expected):
+    monkeypatch.undo()  # the real onednn_fp32_is_faster, on faked flags
+    monkeypatch.setattr(onednn, "cpu_flags", lambda: frozenset(flags))
+    assert use_onednn(torch.ones(2, 3)) == expected
 
 
 @pytest.mark.parametrize("bias", [True, False])

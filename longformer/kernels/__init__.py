@@ -8,8 +8,8 @@ gradients, as autocast keeps them):
 
   * `banded_attention`: window + global-key attention on PyTorch's CPU flash-attention kernels, over overlapping
     views of one padded q/k/v layout that the fused projection writes straight into (`banded.py`);
-  * `add_and_feed_forward`: the feed-forward on oneDNN's products, its activation recomputed in backward rather
-    than stored (`feed_forward.py`, `onednn.py`);
+  * `add_and_feed_forward`: the feed-forward on `onednn.py`'s products (oneDNN's where the CPU has AVX-512, else
+    PyTorch's own), its activation recomputed in backward rather than stored (`feed_forward.py`, `onednn.py`);
   * dropout masks drawn four to a random number (`dropout.py`).
 
 `enabled(x)` says whether they run for activations x (the model asks once per forward);
@@ -36,9 +36,8 @@ _switched_off = False
 
 
 def enabled(x: Tensor) -> bool:
-    """Whether the kernels run for activations x: on the CPU, where oneDNN computes the products in the dtype they
-    run in (fp32; bf16 under autocast or in a bf16 model, where the CPU computes it natively), unless switched off
-    by `disabled()`."""
+    """Whether the kernels run for activations x: on the CPU, in fp32, or in bf16 (under autocast or in a bf16
+    model) where the CPU computes it natively, unless switched off by `disabled()`."""
     return (not _switched_off and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and computes(compute_dtype(x)) and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 

@@ -3,7 +3,8 @@
 PyTorch's CPU matmul is MKL's, which picks its code by the processor's vendor; oneDNN, in every x86 PyTorch build,
 picks its kernels by the instructions the CPU has (AVX-512 where there is one). Which is faster depends on the CPU:
 `bench/bench.py` prints both rates and docs/performance.md compares them. Where oneDNN does not apply (float64 in
-gradchecks, autocast, oneDNN switched off) each function falls back to PyTorch's own op.
+gradchecks, autocast, oneDNN switched off, fp32 on a CPU without AVX-512: see `use_onednn`) each function falls
+back to PyTorch's own op.
 
 In bf16 the products take the weights as bf16 copies (`cast`, one per forward and its backward) and accumulate in fp32
 (oneDNN does); a weight's gradient is summed in fp32 and returned in the weight's own dtype.
@@ -53,11 +54,18 @@ def computes(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or (dtype == torch.bfloat16 and native_bf16())
 
 
+def onednn_fp32_is_faster() -> bool:
+    """Whether oneDNN's fp32 products beat PyTorch's (MKL's) here: on CPUs with AVX-512. With AVX2 alone oneDNN runs
+    a product with a transposed operand (every product of a backward) at about half MKL's rate."""
+    return "avx512f" in cpu_flags()
+
+
 def use_onednn(x: Tensor) -> bool:
-    """Whether x's products run on oneDNN here: on the CPU, in a dtype it `computes`, without autocast (which picks
-    the dtypes itself; the kernels turn it off and cast themselves)."""
-    return (x.device.type == "cpu" and computes(x.dtype) and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    """Whether x's products run on oneDNN here: on the CPU, in a dtype it `computes` (fp32 only where it is the
+    faster library), without autocast (which picks the dtypes itself; the kernels turn it off and cast themselves)."""
+    return (x.device.type == "cpu" and computes(x.dtype) and (x.dtype != torch.float32 or onednn_fp32_is_faster())
+            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled)
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

@@ -15,6 +15,7 @@ from longformer.errors import ConfigError
 from longformer.kernels import native_bf16
 from longformer.pipeline.params import PRECISIONS
 
+
 def resolve_precision(precision: str, device: torch.device, cpu_flags: Set[str] | None = None) -> str:
     """`train.precision` on `device` -> "fp32" or "bf16". `auto` is bf16 on CUDA and on CPUs that compute bf16
     natively (`avx512_bf16` or `amx_bf16` among `cpu_flags`; default: this CPU's), where it is about twice as fast;

@@ -18,6 +18,7 @@ from longformer.model import LongformerClassifier
 from longformer.onnx import OnnxClassifier
 from longformer.pipeline.batching import inference_batches
 from longformer.pipeline.data import truncate
+from longformer.pipeline.distributed import Processes
 from longformer.pipeline.export import HF_DIR, ONNX_FILE
 from longformer.pipeline.inference import predict_logits
 from longformer.pipeline.precision import resolve_precision
@@ -77,8 +78,9 @@ def classify(train_dir: str | Path, tokenizer_dir: str | Path, texts: Sequence[s
     with written_by("download"):
         tokenizer = load_tokenizer(tokenizer_dir)
     ids = tokenize_reviews(tokenizer, texts, min(max_length, model.config.max_length))
-    logits = predict_logits(model, Dataset.from_dict({"input_ids": ids}), batch_size,
-                            precision=resolve_precision(precision, torch.device("cpu")))
+    procs = Processes()  # one process, on the GPU where there is one
+    logits = predict_logits(model, Dataset.from_dict({"input_ids": ids}), batch_size, procs=procs,
+                            precision=resolve_precision(precision, procs.device))
     return torch.from_numpy(logits).softmax(dim=1).numpy()
 
 
