@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.harness import PeakMemory, cpu_kind, cpu_label, results_path, write_results
+from bench.harness import ROOT, PeakMemory, cpu_kind, cpu_label, results_path, write_results
 from bench.imdb_sample import IMDB
 
 RUNTIMES = ("onnxruntime", "ours", "transformers")
@@ -103,9 +103,9 @@ def measure(name: str, export: Path, reviews: list[list[int]], batch_size: int, 
 
 
 def run_in_own_process(name: str, args: argparse.Namespace, export: Path, batch_size: int) -> dict:
-    command = [sys.executable, __file__, "--worker", name, "--export", str(export), "--reviews", str(args.reviews),
-               "--batch-sizes", str(batch_size), "--repeats", str(args.repeats)]
-    out = subprocess.run(command, capture_output=True, text=True)
+    command = [sys.executable, "-m", "bench.deploy", "--worker", name, "--export", str(export), "--reviews",
+               str(args.reviews), "--batch-sizes", str(batch_size), "--repeats", str(args.repeats)]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)  # as a module: bench/ is a package
     if out.returncode:
         raise RuntimeError(f"{name} at batch {batch_size} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

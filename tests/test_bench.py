@@ -1,7 +1,7 @@
 """The benches end to end: bench/bench.py at one short length (both models timed, memory measured, batched training
 steps over given review lengths, JSON written), bench/small_encoder.py on a batch of real reviews,
-bench/batch_sizes.py at two lengths, bench/cpu_profile.py on a short step, bench/paired_accuracy.py on made-up
-predictions for the sample's test reviews."""
+bench/batch_sizes.py at two lengths, bench/cpu_profile.py on a short step, bench/deploy.py on a few real reviews,
+bench/paired_accuracy.py on made-up predictions for the sample's test reviews."""
 
 import json
 import re
@@ -82,6 +82,20 @@ def test_cpu_profile_splits_a_step_by_kind_and_logs_onednn(tmp_path):
     assert all(row["calls"] > 0 and row["seconds"] >= 0 for row in report["onednn_log"])
 
 
+@pytest.mark.slow  # an ONNX export, then each runtime in a process of its own
+@pytest.mark.skipif(not SHARED_IMDB.is_dir(), reason="needs the real IMDb reviews in ../shared/imdb")
+def test_deploy_bench_runs_each_runtime_in_its_own_process(tmp_path):
+    out = tmp_path / "deploy.json"
+    result = subprocess.run([sys.executable, "-m", "bench.deploy", "--runtimes", "ours", "onnxruntime", "--reviews",
+                             "4", "--batch-sizes", "1", "--repeats", "1", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert [(row["runtime"], row["reviews"]) for row in report["rows"]] == [("ours", 4), ("onnxruntime", 4)]
+    assert report["summary"]["batch 1"]["largest logit difference from ours"]["onnxruntime"] < 1e-4
+
+
+@pytest.mark.slow  # a bench in a subprocess
 def test_paired_accuracy_splits_the_test_reviews_by_length(tmp_path):
     from longformer.pipeline.data import load_raw
     from longformer.pipeline.download import minilm_directory
