@@ -38,6 +38,12 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
+    """|actual - reference| / |reference| (Frobenius norms), in float64."""
+    reference = reference.double()
+    return ((actual.double() - reference).norm() / reference.norm()).item()
+
+
 def grads(model) -> dict[str, torch.Tensor]:
     return {k: p.grad if p.grad is not None else torch.zeros_like(p) for k, p in model.named_parameters()}
 

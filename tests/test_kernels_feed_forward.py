@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from longformer.config import ENCODER_ACTIVATIONS
 from longformer.kernels import ACTIVATIONS, FeedForwardWeights, add_and_feed_forward, feed_forward
 from longformer.kernels.feed_forward import ActivationLinear
+from tests.helpers import relative_error
 
 DIM, INNER, EPS = 16, 48, 1e-5
 
@@ -33,10 +34,6 @@ def reference(attended: torch.Tensor, residual: torch.Tensor, w: FeedForwardWeig
 
 def test_the_kernels_compute_every_activation_the_config_accepts():
     assert set(ACTIVATIONS) == set(ENCODER_ACTIVATIONS)
-
-
-def relative_error(actual: torch.Tensor, exact: torch.Tensor) -> float:
-    return ((actual.double() - exact).norm() / exact.norm()).item()
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu"])

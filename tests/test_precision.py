@@ -11,6 +11,7 @@ from longformer.errors import ConfigError
 from longformer.kernels import onednn
 from longformer.pipeline.loop import Best, Position, ResumeState
 from longformer.pipeline.precision import resolve_precision
+from tests.helpers import relative_error
 from tests.test_parity import make_batch
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -84,10 +85,6 @@ def outputs_and_gradients(model: LongformerModel, n: int, bf16: bool, reference:
     (out * weights * mask[..., None]).sum().backward()
     gradient = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     return out[mask.bool()].detach(), gradient, mask
-
-
-def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((x - reference).norm() / reference.norm()).item()
 
 
 @pytest.fixture(scope="module")
