@@ -20,6 +20,7 @@ _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call: its 
 # Queries per block, at most (see _query_block), per path: a smaller block computes fewer scores outside the band
 # but makes the flash kernels' own products smaller; docs/performance.md has the measurements behind these.
 _DROPOUT_BLOCK = 64  # the written-out softmax with attention dropout
+_DROPOUT_CHUNK_SCORES = 1 << 18  # its blocks' scores per chunk, at most (unless one block holds more): see _dropout_work
 _FORWARD_BLOCK = 64  # the flash kernel's forward alone
 _TRAINING_BLOCK = 128  # its forward + backward
 _TRAINING_BLOCK_BF16 = 256  # the same in bf16, whose backward gains more from larger products
@@ -188,50 +189,76 @@ class _DropoutMasks:
 
 def _window_dropout_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float,
                             dropped: _DropoutMasks) -> tuple[Tensor, Tensor]:
-    """Window attention with dropout on the probabilities, one block at a time (the softmax written out): out
+    """Window attention with dropout on the probabilities, a chunk of blocks at a time (the softmax written out): out
     (T, H, L, d) and log-sum-exp (T, H, L), laid out token-major in memory, as the flash kernel lays out its own."""
     blocks, heads, block, head_dim = q.shape
     out = q.new_empty(blocks, block, heads, head_dim).transpose(1, 2)
     lse = q.new_empty(blocks, block, heads, dtype=_accumulation(q.dtype)).transpose(1, 2)
-    scores, keep = _dropout_work(q, k, 2)
-    for b in range(blocks):
-        q_b, k_b, v_b = (t[b].to(scores.dtype) for t in (q, k, v))  # one block in fp32 (a copy if bf16)
-        torch.baddbmm(mask[b], q_b, k_b.transpose(1, 2), alpha=scale, out=scores)  # (H, L, L + 2P)
+    work = _dropout_work(q, k, 2)
+    for part in _chunks(blocks, work.shape[1]):
+        scores, keep = work[:, :part.stop - part.start]  # (c, H, L, L + 2P) each
+        _window_scores(q, k, mask, scale, part, scores)
         top = scores.amax(-1, keepdim=True)
         weights = scores.sub_(top).exp_()  # the softmax's numerators
-        total = weights.sum(-1, keepdim=True)  # (H, L, 1)
-        lse[b] = (top + total.log()).squeeze(-1)
-        # the softmax's normalisation and dropout's 1 / (1 - p) go on the output, (H, L, d)
-        out[b] = (weights.mul_(dropped(keep)) @ v_b).mul_(dropped.scale / total)
+        total = weights.sum(-1, keepdim=True)  # (c, H, L, 1)
+        lse[part] = (top + total.log()).squeeze(-1)
+        # the softmax's normalisation and dropout's 1 / (1 - p) go on the output, (c, H, L, d)
+        kept = _heads_batched(weights.mul_(dropped(keep)))  # (c H, L, L + 2P)
+        out_c = (kept @ _heads_batched(v[part], scores.dtype)).view(*scores.shape[:3], head_dim)
+        out[part] = out_c.mul_(dropped.scale / total)
     return out, lse
 
 
 def _window_dropout_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor,
                              scale: float, dropped: _DropoutMasks, grad_q: Tensor, grad_rows: Tensor,
                              block: int) -> None:
-    """As `_window_flash_backward`, with dropout, block by block: the probabilities are recomputed from the merged
-    log-sum-exp (so they are those of the softmax over the window and the global keys), the masks drawn again.
-    The softmax scale goes on q's and k's gradients, which are smaller than the scores."""
-    scores, keep, scratch = _dropout_work(q, k, 3)
-    for b in range(q.shape[0]):
-        q_b, k_b, v_b, grad_b, out_b = (t[b].to(scores.dtype) for t in (q, k, v, grad, out))  # in fp32
-        torch.baddbmm(mask[b], q_b, k_b.transpose(1, 2), alpha=scale, out=scores)
-        probs = scores.sub_(lse[b].unsqueeze(-1)).exp_()  # (H, L, L + 2P)
+    """As `_window_flash_backward`, with dropout, a chunk of blocks at a time: the probabilities are recomputed from
+    the merged log-sum-exp (so they are those of the softmax over the window and the global keys), the masks drawn
+    again. The softmax scale goes on q's and k's gradients, which are smaller than the scores."""
+    work = _dropout_work(q, k, 3)
+    for part in _chunks(q.shape[0], work.shape[1]):
+        scores, keep, scratch = (_heads_batched(t) for t in work[:, :part.stop - part.start])  # (c H, L, L + 2P)
+        _window_scores(q, k, mask, scale, part, scores.view(-1, *q.shape[1:3], k.shape[2]))
+        probs = scores.sub_(_heads_batched(lse[part, ..., None])).exp_()
         dropped(keep)
-        grad_scaled = grad_b * dropped.scale  # (H, L, d): dropout's 1 / (1 - p) here, not on the probabilities
-        grad_v = torch.mul(probs, keep, out=scratch).transpose(1, 2) @ grad_scaled  # (H, L + 2P, d)
-        _add_windows_grad(grad_rows[:, 2], grad_v[None], block, b)
-        delta = (grad_b * out_b).sum(-1, keepdim=True)  # softmax backward's row term, (H, L, 1)
-        grad_probs = torch.bmm(grad_scaled, v_b.transpose(1, 2), out=scratch).mul_(keep)
+        q_c, k_c, v_c, grad_c, out_c = (_heads_batched(t[part], scores.dtype) for t in (q, k, v, grad, out))
+        grad_scaled = grad_c * dropped.scale  # (c H, L, d): dropout's 1 / (1 - p) here, not on the probabilities
+        grad_v = torch.mul(probs, keep, out=scratch).transpose(1, 2) @ grad_scaled  # (c H, L + 2P, d)
+        _add_windows_grad(grad_rows[:, 2], grad_v.view(-1, *k.shape[1:]), block, part.start)
+        delta = (grad_c * out_c).sum(-1, keepdim=True)  # softmax backward's row term, (c H, L, 1)
+        grad_probs = torch.bmm(grad_scaled, v_c.transpose(1, 2), out=scratch).mul_(keep)
         grad_scores = probs.mul_(grad_probs.sub_(delta))  # without the softmax scale
-        grad_q[b] = (grad_scores @ k_b).mul_(scale)
-        _add_windows_grad(grad_rows[:, 1], (grad_scores.transpose(1, 2) @ q_b).mul_(scale)[None], block, b)
+        grad_q[part] = (grad_scores @ k_c).mul_(scale).view(-1, *q.shape[1:])
+        grad_k = (grad_scores.transpose(1, 2) @ q_c).mul_(scale)
+        _add_windows_grad(grad_rows[:, 1], grad_k.view(-1, *k.shape[1:]), block, part.start)
+
+
+def _window_scores(q: Tensor, k: Tensor, mask: Tensor, scale: float, part: slice, scores: Tensor) -> None:
+    """The scaled, masked scores of blocks `part` into scores (c, H, L, L + 2P), in its dtype: one product per block,
+    whose heads' strided rows bmm takes as they are."""
+    for i, b in enumerate(range(part.start, part.stop)):
+        torch.baddbmm(mask[b], q[b].to(scores.dtype), k[b].to(scores.dtype).transpose(1, 2), alpha=scale,
+                      out=scores[i])
 
 
 def _dropout_work(q: Tensor, k: Tensor, count: int) -> Tensor:
-    """count buffers of one block's scores, (count, H, L, L + 2P), in fp32 (or wider), reused by every block: fresh
-    ones would page-fault."""
-    return q.new_empty(count, *q.shape[1:3], k.shape[2], dtype=_accumulation(q.dtype))
+    """count buffers of a chunk of blocks' scores, (count, c, H, L, L + 2P), in fp32 (or wider), reused by every
+    chunk: fresh ones would page-fault. A chunk holds as many blocks as `_DROPOUT_CHUNK_SCORES` scores allow, at
+    least one: with short windows a block's products are small, and one block at a time would spend the step on
+    each operation's fixed cost."""
+    per_block = q.shape[1] * q.shape[2] * k.shape[2]
+    chunk = max(1, min(q.shape[0], _DROPOUT_CHUNK_SCORES // per_block))
+    return q.new_empty(count, chunk, *q.shape[1:3], k.shape[2], dtype=_accumulation(q.dtype))
+
+
+def _chunks(blocks: int, chunk: int) -> list[slice]:
+    return [slice(first, min(first + chunk, blocks)) for first in range(0, blocks, chunk)]
+
+
+def _heads_batched(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """(c, H, rows, cols) -> (c H, rows, cols) in `dtype` (default: t's), as bmm takes it: a view where the strides
+    allow (one block, or a contiguous chunk), else a copy."""
+    return t.to(dtype or t.dtype).reshape(-1, *t.shape[-2:])
 
 
 def _token_rows(rows: Tensor, pad: int, batch: int) -> Tensor:
