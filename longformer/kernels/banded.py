@@ -20,7 +20,7 @@ _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call: its 
 # Queries per block, at most (see _query_block), per path: a smaller block computes fewer scores outside the band
 # but makes the flash kernels' own products smaller; docs/performance.md has the measurements behind these.
 _DROPOUT_BLOCK = 64  # the written-out softmax with attention dropout
-_DROPOUT_CHUNK_SCORES = 1 << 18  # its blocks' scores per chunk, at most (unless one block holds more): see _dropout_work
+_DROPOUT_CHUNK_SCORES = 1 << 18  # scores per chunk of its blocks, at most (one block may hold more): _dropout_work
 _FORWARD_BLOCK = 64  # the flash kernel's forward alone
 _TRAINING_BLOCK = 128  # its forward + backward
 _TRAINING_BLOCK_BF16 = 256  # the same in bf16, whose backward gains more from larger products
@@ -252,6 +252,7 @@ def _dropout_work(q: Tensor, k: Tensor, count: int) -> Tensor:
 
 
 def _chunks(blocks: int, chunk: int) -> list[slice]:
+    """Slices of at most `chunk` blocks, in order, covering blocks 0 .. blocks - 1."""
     return [slice(first, min(first + chunk, blocks)) for first in range(0, blocks, chunk)]
 
 
