@@ -197,7 +197,7 @@ def _window_dropout_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale
     work = _dropout_work(q, k, 2)
     for part in _chunks(blocks, work.shape[1]):
         scores, keep = work[:, :part.stop - part.start]  # (c, H, L, L + 2P) each
-        _window_scores(q, k, mask, scale, part, scores)
+        _window_scores(q[part], k[part], mask[part], scale, scores)
         top = scores.amax(-1, keepdim=True)
         weights = scores.sub_(top).exp_()  # the softmax's numerators
         total = weights.sum(-1, keepdim=True)  # (c, H, L, 1)
@@ -218,10 +218,11 @@ def _window_dropout_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out:
     work = _dropout_work(q, k, 3)
     for part in _chunks(q.shape[0], work.shape[1]):
         scores, keep, scratch = (_heads_batched(t) for t in work[:, :part.stop - part.start])  # (c H, L, L + 2P)
-        _window_scores(q, k, mask, scale, part, scores.view(-1, *q.shape[1:3], k.shape[2]))
+        q_c, k_c, v_c, grad_c, out_c = (_heads_batched(t[part], scores.dtype) for t in (q, k, v, grad, out))
+        _window_scores(q_c.view(-1, *q.shape[1:]), k_c.view(-1, *k.shape[1:]), mask[part], scale,
+                       scores.view(-1, *q.shape[1:3], k.shape[2]))
         probs = scores.sub_(_heads_batched(lse[part, ..., None])).exp_()
         dropped(keep)
-        q_c, k_c, v_c, grad_c, out_c = (_heads_batched(t[part], scores.dtype) for t in (q, k, v, grad, out))
         grad_scaled = grad_c * dropped.scale  # (c H, L, d): dropout's 1 / (1 - p) here, not on the probabilities
         grad_v = torch.mul(probs, keep, out=scratch).transpose(1, 2) @ grad_scaled  # (c H, L + 2P, d)
         _add_windows_grad(grad_rows[:, 2], grad_v.view(-1, *k.shape[1:]), block, part.start)
@@ -233,12 +234,12 @@ def _window_dropout_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out:
         _add_windows_grad(grad_rows[:, 1], grad_k.view(-1, *k.shape[1:]), block, part.start)
 
 
-def _window_scores(q: Tensor, k: Tensor, mask: Tensor, scale: float, part: slice, scores: Tensor) -> None:
-    """The scaled, masked scores of blocks `part` into scores (c, H, L, L + 2P), in its dtype: one product per block,
-    whose heads' strided rows bmm takes as they are."""
-    for i, b in enumerate(range(part.start, part.stop)):
+def _window_scores(q: Tensor, k: Tensor, mask: Tensor, scale: float, scores: Tensor) -> None:
+    """A chunk's scaled, masked scores, q (c, H, L, d) against k (c, H, L + 2P, d) under mask (c, 1, L, L + 2P), into
+    scores (c, H, L, L + 2P), in its dtype: one product per block, whose heads' strided rows bmm takes as they are."""
+    for b in range(q.shape[0]):
         torch.baddbmm(mask[b], q[b].to(scores.dtype), k[b].to(scores.dtype).transpose(1, 2), alpha=scale,
-                      out=scores[i])
+                      out=scores[b])
 
 
 def _dropout_work(q: Tensor, k: Tensor, count: int) -> Tensor:
