@@ -1,7 +1,13 @@
-"""The README's layout table is the tree: each folder's row names every module in it, and only modules that exist."""
+"""The README's layout table is the tree: each folder's row names every module in it, and only modules that exist.
+Every `dvc exp run -S group.key=value` in the README and docs/ sets a parameter that exists, to a valid value."""
 
+import copy
 import re
 
+import pytest
+import yaml
+
+from longformer.pipeline.params import _Yaml12Loader, parse_params
 from tests.helpers import ROOT
 
 
@@ -20,3 +26,29 @@ def test_the_layout_table_names_every_module_of_each_folder():
             continue
         modules = {p.name for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py"}
         assert named == modules, (folder, sorted(named - modules), sorted(modules - named))
+
+
+def documented_experiments() -> list[tuple[str, list[tuple[str, str]]]]:
+    """(file, [(group.key, value), ...]) for each `dvc exp run` in the README and docs/, continuation lines joined."""
+    commands = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text().replace("\\\n", " ")
+        for line in re.findall(r"^dvc exp run .*$", text, re.M):
+            commands.append((path.name, re.findall(r"-S ([\w.]+)=(\S+)", line)))
+    return commands
+
+
+@pytest.mark.parametrize("where, overrides", documented_experiments())
+def test_documented_experiments_set_valid_params(where, overrides):
+    """As `dvc exp run` applies them to the shipped params.yaml: each alternative of a queued grid (`a,b`) in turn."""
+    shipped = yaml.load((ROOT / "params.yaml").read_text(), Loader=_Yaml12Loader)
+    for key, values in overrides:
+        group, name = key.split(".")
+        assert name in shipped[group], f"{where}: -S {key}: no such parameter"
+        for value in values.split(","):
+            params = copy.deepcopy(shipped)
+            for other, other_values in overrides:
+                params[other.split(".")[0]][other.split(".")[1]] = yaml.load(other_values.split(",")[0],
+                                                                               Loader=_Yaml12Loader)
+            params[group][name] = yaml.load(value, Loader=_Yaml12Loader)
+            parse_params(params)
