@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from sklearn.model_selection import train_test_split
 
 from longformer.errors import ConfigError, DataError, MissingInputError, reading, written_by
 from longformer.pipeline.params import DataParams
@@ -88,6 +87,9 @@ def _stratified_subset(indices: np.ndarray, labels: np.ndarray, size: int | floa
     """A seeded, label-stratified subset of `indices` (`size` a count or a fraction)."""
     if isinstance(size, int) and size >= len(indices):
         return indices
+    from sklearn.model_selection import train_test_split  # here: its import (scipy.stats) costs seconds, and
+    # predict, pretrain and export import this module without splitting anything
+
     stratify = labels if np.bincount(labels).min() >= 2 else None
     subset, _ = train_test_split(indices, train_size=size, stratify=stratify, random_state=seed)
     return np.sort(subset)
