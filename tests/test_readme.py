@@ -38,17 +38,23 @@ def documented_experiments() -> list[tuple[str, list[tuple[str, str]]]]:
     return commands
 
 
+def with_overrides(shipped: dict, overrides: list[tuple[str, str]]) -> dict:
+    """A copy of the params with each `group.key` set to its value, read as DVC reads it (YAML 1.2)."""
+    params = copy.deepcopy(shipped)
+    for key, value in overrides:
+        group, name = key.split(".")
+        params[group][name] = yaml.load(value, Loader=_Yaml12Loader)
+    return params
+
+
 @pytest.mark.parametrize("where, overrides", documented_experiments())
 def test_documented_experiments_set_valid_params(where, overrides):
-    """As `dvc exp run` applies them to the shipped params.yaml: each alternative of a queued grid (`a,b`) in turn."""
+    """As `dvc exp run` applies them to the shipped params.yaml: each alternative of a queued grid (`a,b`) in turn,
+    the others at their first."""
     shipped = yaml.load((ROOT / "params.yaml").read_text(), Loader=_Yaml12Loader)
+    firsts = [(key, values.split(",")[0]) for key, values in overrides]
     for key, values in overrides:
         group, name = key.split(".")
         assert name in shipped[group], f"{where}: -S {key}: no such parameter"
         for value in values.split(","):
-            params = copy.deepcopy(shipped)
-            for other, other_values in overrides:
-                params[other.split(".")[0]][other.split(".")[1]] = yaml.load(other_values.split(",")[0],
-                                                                               Loader=_Yaml12Loader)
-            params[group][name] = yaml.load(value, Loader=_Yaml12Loader)
-            parse_params(params)
+            parse_params(with_overrides(shipped, firsts + [(key, value)]))

@@ -87,8 +87,9 @@ def _stratified_subset(indices: np.ndarray, labels: np.ndarray, size: int | floa
     """A seeded, label-stratified subset of `indices` (`size` a count or a fraction)."""
     if isinstance(size, int) and size >= len(indices):
         return indices
-    from sklearn.model_selection import train_test_split  # here: its import (scipy.stats) costs seconds, and
-    # predict, pretrain and export import this module without splitting anything
+    # Imported here: sklearn.model_selection imports scipy.stats, which takes seconds, and predict, pretrain and
+    # export import this module without splitting anything.
+    from sklearn.model_selection import train_test_split
 
     stratify = labels if np.bincount(labels).min() >= 2 else None
     subset, _ = train_test_split(indices, train_size=size, stratify=stratify, random_state=seed)
