@@ -16,7 +16,7 @@ from transformers import LongformerForSequenceClassification as HFClassifier
 
 from longformer import HeadConfig, LongformerClassifier, LongformerConfig
 from longformer.hf import rename_hf_state_dict
-from longformer.kernels.onednn import cpu_flags, cpu_info, linear_into, use_onednn
+from longformer.kernels.onednn import cpu_info, hardware_flags, linear_into, use_onednn
 from longformer.pipeline.allocator import LIBC, M_MMAP_THRESHOLD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def cpu_kind() -> dict:
     extensions that matter here (an AMD EPYC of family 25 model 1 is a Zen 3, 25/17 a Zen 4, 26 a Zen 5)."""
     info = cpu_info()
     return {"name": info.get("model name"), "family": info.get("cpu family"), "model": info.get("model"),
-            "flags": [flag for flag in CPU_FLAGS if flag in cpu_flags()]}
+            "flags": [flag for flag in CPU_FLAGS if flag in hardware_flags()]}  # the processor's, never faked
 
 # (family, first model, last model) -> AMD core generation: what the bench's results are filed under
 AMD_CORES = [(25, 0x00, 0x0F, "zen3"), (25, 0x20, 0x5F, "zen3"), (25, 0x10, 0x1F, "zen4"), (25, 0x60, 0xAF, "zen4"),

@@ -48,6 +48,8 @@ class LongformerConfig:
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     hidden_act: str = "gelu"
+    # The masked-LM head's activation: BERT's head takes the encoder's (hidden_act), RoBERTa's families' always gelu.
+    lm_head_act: str = "gelu"
     # Special tokens of the tokenizer the weights were trained with (kept for export; the model reads pad only).
     bos_token_id: int | None = 0
     eos_token_id: int | None = 2
@@ -68,8 +70,9 @@ class LongformerConfig:
                 raise ConfigError(f"attention_window of layer {i} must be a positive even integer, got {w!r}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
-        if self.hidden_act not in ENCODER_ACTIVATIONS:
-            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; use one of {ENCODER_ACTIVATIONS}")
+        for name in ("hidden_act", "lm_head_act"):
+            if getattr(self, name) not in ENCODER_ACTIVATIONS:
+                raise ConfigError(f"{name} {getattr(self, name)!r} is not supported; use one of {ENCODER_ACTIVATIONS}")
         if self.max_length < 1:
             raise ConfigError(f"max_position_embeddings={self.max_position_embeddings} leaves no position for a token "
                               f"(the first token takes row {self.position_offset})")
@@ -110,6 +113,7 @@ class LongformerConfig:
             hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
             attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
             hidden_act=hf.get("hidden_act", "gelu"),
+            lm_head_act=hf.get("hidden_act", "gelu") if family in BERT_FAMILY else "gelu",
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=hf.get("eos_token_id"),
         )

@@ -305,6 +305,9 @@ def save_hf_masked_lm(config: LongformerConfig, state: dict[str, Tensor], direct
     with the tokenizer of the checkpoint directory `tokenizer` if given."""
     from transformers import LongformerForMaskedLM as HFLongformerForMaskedLM
 
+    if config.lm_head_act != "gelu":
+        raise CheckpointError(f"transformers' Longformer masked-LM head computes gelu; this head computes "
+                              f"{config.lm_head_act} (a BERT's hidden_act), so it cannot be written as one")
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
     hf_state = {f"longformer.{k}": v for k, v in to_hf_encoder_state(config, encoder).items()}
     hf_names = {ours: theirs for theirs, ours in LM_HEAD_NAMES.items() if theirs.startswith("lm_head")}

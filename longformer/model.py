@@ -236,11 +236,12 @@ class LongformerClassifier(nn.Module):
 
 
 class MaskedLMHead(nn.Module):
-    """dense -> gelu -> LayerNorm -> decoder, whose weight is the word embeddings' (tied) and bias its own: BERT's
-    and RoBERTa's head. Initialised as they initialise it."""
+    """dense -> activation (config.lm_head_act) -> LayerNorm -> decoder, whose weight is the word embeddings' (tied)
+    and bias its own: BERT's and RoBERTa's head. Initialised as they initialise it."""
 
     def __init__(self, config: LongformerConfig, init_std: float = 0.02):
         super().__init__()
+        self.activation = kernels.ACTIVATIONS[config.lm_head_act]
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
@@ -249,7 +250,7 @@ class MaskedLMHead(nn.Module):
 
     def forward(self, hidden: Tensor, word_embeddings: Tensor) -> Tensor:
         """(..., D) hidden states, (vocab, D) word embeddings -> (..., vocab) logits."""
-        return F.linear(self.norm(F.gelu(self.dense(hidden))), word_embeddings, self.bias)
+        return F.linear(self.norm(self.activation(self.dense(hidden))), word_embeddings, self.bias)
 
 
 class LongformerForMaskedLM(nn.Module):

@@ -1,9 +1,11 @@
 """The classifier as one ONNX file, and onnxruntime to run it.
 
 `export_onnx` writes the whole classifier: `input_ids` and `attention_mask` (int64, batch x length) in, `logits`
-out, with the first token global as in training. Batch and length are dynamic: one graph serves every length
-from 1 token to the model's maximum, because what is exported has no branch on the length (`FirstTokenGlobal`).
-Needs the `onnx` extra (onnx, onnxscript for torch's exporter, onnxruntime), imported when used.
+out, with the first token global as in training. Batch and length are dynamic: one graph, traced at one length,
+serves every length from 1 token to the model's maximum, because what is exported has no branch on the length
+(`FirstTokenGlobal`); the maximum is in the file's metadata (`max_length`), and `OnnxClassifier` refuses a longer
+input with a clear error instead of onnxruntime's. Needs the `onnx` extra (onnx, onnxscript for torch's exporter,
+onnxruntime), imported when used.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from torch import Tensor, nn
 
 from longformer import kernels
 from longformer.attention import AttentionMasks
+from longformer.errors import DataError
 from longformer.model import LongformerClassifier
 
 INPUT_NAMES = ["input_ids", "attention_mask"]
 OUTPUT_NAMES = ["logits"]
+MAX_LENGTH_KEY = "max_length"  # the metadata entry that holds the longest input the model takes, in tokens
 
 
 class FirstTokenGlobal(nn.Module):
@@ -63,6 +67,7 @@ def export_onnx(classifier: LongformerClassifier, path: str | Path) -> None:
                                         dynamic_shapes=(dynamic, dynamic))
     finally:
         classifier.train(was_training)
+    program.model.metadata_props[MAX_LENGTH_KEY] = str(classifier.config.max_length)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
 
@@ -77,8 +82,14 @@ class OnnxClassifier:
         options.intra_op_num_threads = threads or torch.get_num_threads() or os.cpu_count() or 1
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.num_labels = self.session.get_outputs()[0].shape[1]
+        saved = self.session.get_modelmeta().custom_metadata_map.get(MAX_LENGTH_KEY)
+        self.max_length = int(saved) if saved else None  # None: a file exported before the metadata was written
 
     def logits(self, input_ids: np.ndarray | Tensor, attention_mask: np.ndarray | Tensor) -> np.ndarray:
+        """(B, n) ids and mask -> (B, labels) logits; n at most `max_length` (a DataError beyond it)."""
         feed = {name: np.asarray(value, dtype=np.int64) for name, value in zip(INPUT_NAMES,
                                                                                (input_ids, attention_mask))}
+        length = feed["input_ids"].shape[1]
+        if self.max_length is not None and length > self.max_length:
+            raise DataError(f"input has {length} tokens; this model takes at most {self.max_length}: truncate it")
         return self.session.run(OUTPUT_NAMES, feed)[0]

@@ -25,7 +25,7 @@ def main(params: Path = Path("params.yaml"), model: Path = Path("data/train"), d
     result = evaluate(model, data, metrics, predictions, p.evaluate.batch_size, p.train.precision)
     if is_main_process():
         print(f"test accuracy {result['accuracy']:.4f}, loss {result['loss']:.4f}, F1 {result['f1']:.4f} "
-              f"on {result['reviews']} reviews ({time.perf_counter() - start:.0f} s); "
+              f"on {result['reviews']} reviews, in {result['precision']} ({time.perf_counter() - start:.0f} s); "
               f"confusion matrix {result['confusion_matrix']}")
 
 

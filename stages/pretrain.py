@@ -34,12 +34,10 @@ def main(params: Path = Path("params.yaml"), model: Path = Path("data/model"),
     result = pretrain(model, checkpoint, data, out, metrics, live, p.pretrain, p.train.precision)
     if is_main_process():
         seconds = time.perf_counter() - start
-        tokens = p.pretrain.steps * p.pretrain.batch_size * p.pretrain.grad_accum * result["sequence_length"]
         print(json.dumps({k: result[k] for k in ("before", "after")}, indent=2))
-        print(f"{p.pretrain.steps} steps of {p.pretrain.batch_size * p.pretrain.grad_accum} x "
-              f"{result['sequence_length']} tokens in {seconds:.0f} s (with the held-out measurements): "
-              f"{tokens / seconds:.0f} tokens/s; held-out loss {result['before']['loss']:.4f} -> "
-              f"{result['after']['loss']:.4f}")
+        print(f"{result['tokens_trained']:,} tokens trained in {seconds:.0f} s by this run, in {result['precision']} "
+              f"(with the held-out measurements): {result['tokens_trained'] / seconds:.0f} tokens/s; held-out loss "
+              f"{result['before']['loss']:.4f} -> {result['after']['loss']:.4f}")
 
 
 if __name__ == "__main__":

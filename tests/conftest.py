@@ -8,7 +8,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest  # noqa: E402 (after the environment the Hugging Face libraries read on import)
 import torch  # noqa: E402
 
-from tests.helpers import small_hf_config  # noqa: E402
+from tests.helpers import ZEN3, ZEN4, small_hf_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +23,27 @@ def hf_checkpoint(tmp_path_factory):
     return directory
 
 
-@pytest.fixture(params=["kernels", "reference"])
-def path(request):
-    """Both paths: the CPU kernels, and the reference modules (what runs on a GPU and under autocast)."""
+@pytest.fixture(params=["kernels-onednn", "kernels-mkl", "reference"])
+def path(request, monkeypatch):
+    """Every path: the CPU kernels with their fp32 products on oneDNN (where the CPU has AVX-512) and on PyTorch's own
+    MKL ones (AVX2 alone), on any CPU; and the reference modules (what runs on a GPU and under autocast)."""
     from contextlib import nullcontext
 
     from longformer import kernels
+    from longformer.kernels import onednn
 
-    with nullcontext() if request.param == "kernels" else kernels.disabled():
+    monkeypatch.setattr(onednn, "onednn_fp32_is_faster", lambda: request.param == "kernels-onednn")
+    with kernels.disabled() if request.param == "reference" else nullcontext():
         yield request.param
+
+
+@pytest.fixture(params=["hardware", "emulated"])
+def bf16_cpu(request, monkeypatch):
+    """Decide as a CPU that computes bf16 natively (the kernels run under bf16 autocast), with the bf16 products
+    computed by this processor (natively where it can, else emulated), then emulated whatever the processor."""
+    from longformer.kernels import onednn
+
+    monkeypatch.setenv(onednn.FLAGS_VARIABLE, " ".join(sorted(ZEN4)))
+    if request.param == "emulated":
+        monkeypatch.setattr(onednn, "hardware_flags", lambda: frozenset(ZEN3))
+    return request.param

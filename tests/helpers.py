@@ -17,6 +17,12 @@ from longformer.hf import rename_hf_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# CPUs' flags (/proc/cpuinfo's names), for deciding as that CPU would
+ZEN3 = {"avx2", "fma", "sha_ni"}  # AVX2 only: no bf16 at all on oneDNN
+SKYLAKE = {"avx2", "avx512f", "avx512bw", "avx512_vnni"}  # AVX-512 without BF16: oneDNN would emulate it
+ZEN4 = SKYLAKE | {"avx512_bf16"}
+SAPPHIRE_RAPIDS = SKYLAKE | {"avx512_bf16", "amx_bf16", "amx_tile"}
+
 
 def imported_modules(path: Path) -> set[str]:
     """The modules a Python file imports, at any level (functions and `if TYPE_CHECKING:` included); `from a import b`

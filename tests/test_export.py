@@ -147,3 +147,66 @@ def test_minilm_classifier_in_transformers_pipeline_on_real_reviews(tmp_path):
                        for out in outputs])
     np.testing.assert_allclose(theirs, expected, rtol=0, atol=1e-5)
     assert (theirs.argmax(1) == expected.argmax(1)).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model card says what the export holds and how it was made.
+
+SUMMARY = {"max_length": 200, **{split: {"reviews": 10, "truncated": 1} for split in ("train", "validation", "test")}}
+SOURCE = {"model_type": "bert", "max_position_embeddings": 64}
+PRETRAINED = {"steps": 48, "sequence_length": 200, "best_step": 40, "precision": "bf16",
+              "before": {"loss": 6.754}, "after": {"loss": 5.389}}
+
+
+def card(classifier: LongformerClassifier, pretrained: dict, head_written: bool, precision: str = "bf16") -> str:
+    from longformer.pipeline.export import model_card
+    from longformer.pipeline.params import Params
+
+    metrics = {"accuracy": 0.9, "f1": 0.9, "loss": 0.3, "reviews": 10, "precision": precision}
+    return model_card(classifier, Params(), SOURCE, SUMMARY, metrics, pretrained, head_written,
+                      {"git": "abc", "dvc.lock": "def"})
+
+
+def test_a_card_without_the_head_calls_the_directory_an_encoder(relu_classifier):
+    text = card(relu_classifier, {"steps": 0}, head_written=False)
+    assert "pipeline_tag: feature-extraction" in text and "- text-classification" not in text
+    assert 'pipeline("text-classification"' not in text
+    assert "holds the **encoder only**" in text and "`../model.onnx` is the whole classifier" in text
+
+
+def test_a_card_with_the_head_is_a_classifier(tmp_path):
+    classifier = LongformerClassifier(LongformerConfig(**CONFIG), HeadConfig(dim=0))
+    text = card(classifier, {"steps": 0}, head_written=True)
+    assert "pipeline_tag: text-classification" in text and 'pipeline("text-classification"' in text
+
+
+def test_the_card_says_how_the_base_model_was_pretrained_and_the_precision_of_the_metrics(relu_classifier):
+    text = " ".join(card(relu_classifier, PRETRAINED, head_written=False).split())
+    assert "Then 48 steps of masked-LM pretraining on the training texts" in text
+    assert "held-out masked-LM loss 6.7540 -> 5.3890" in text and "No masked-LM pretraining" not in text
+    assert "the classifier computing in bf16" in text
+    skipped = " ".join(card(relu_classifier, {"steps": 0}, head_written=False, precision="fp32").split())
+    assert "No masked-LM pretraining after the conversion" in skipped and "computing in fp32" in skipped
+
+
+def test_onnx_equals_ours_past_the_length_it_was_traced_at_and_refuses_longer_input(tmp_path):
+    """Traced at 19 tokens (2 x the largest window + 3), the graph serves every length up to the model's 600; longer
+    input gets a clear error, not onnxruntime's."""
+    from longformer.errors import DataError
+    from longformer.onnx import example_length
+
+    torch.manual_seed(2)
+    config = LongformerConfig(**CONFIG | {"attention_window": [8, 4, 8], "max_position_embeddings": 602})
+    classifier = LongformerClassifier(config, HeadConfig(dim=16, activation="relu")).eval()
+    assert example_length(classifier) == 19
+    export_onnx(classifier, tmp_path / "model.onnx")
+    session = OnnxClassifier(tmp_path / "model.onnx")
+    assert session.max_length == 600
+    for lengths in ([20, 7], [64, 63], [333, 1, 200], [600, 599]):
+        input_ids, attention_mask = random_ids(lengths, seed=lengths[0])
+        with torch.no_grad():
+            ours = classifier(input_ids, attention_mask).numpy()
+        np.testing.assert_allclose(session.logits(input_ids, attention_mask), ours, rtol=0, atol=1e-4)
+    input_ids, attention_mask = random_ids([601])
+    with pytest.raises(DataError, match="input has 601 tokens; this model takes at most 600"):
+        session.logits(input_ids, attention_mask)

@@ -1,12 +1,14 @@
-"""longformer.kernels.onednn: the linear layers' products on oneDNN (CPU, fp32) against float64 references."""
+"""longformer.kernels.onednn: the linear layers' products on oneDNN (CPU, fp32; bf16, natively or emulated) against
+float64 references."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from longformer.kernels import onednn
-from longformer.kernels.onednn import (linear, linear_activation, linear_add, linear_into, native_bf16, use_onednn,
-                                       weight_grad)
+from longformer.kernels.onednn import (hardware_flags, linear, linear_activation, linear_add, linear_into, native_bf16,
+                                       use_onednn, weight_grad)
+from tests.helpers import SAPPHIRE_RAPIDS, SKYLAKE, ZEN3, ZEN4
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 
@@ -28,11 +30,13 @@ def assert_close_to(actual: torch.Tensor, exact: torch.Tensor) -> None:
     torch.testing.assert_close(actual.double(), exact, rtol=0, atol=1e-5 * scale)
 
 
-def test_onednn_is_used_for_fp32_and_native_bf16_on_the_cpu_only(monkeypatch):
+@pytest.mark.parametrize("flags, bf16", [(ZEN3, False), (SKYLAKE, False), (ZEN4, True), (SAPPHIRE_RAPIDS, True)])
+def test_onednn_is_used_for_fp32_and_native_bf16_on_the_cpu_only(monkeypatch, flags, bf16):
+    monkeypatch.setenv(onednn.FLAGS_VARIABLE, " ".join(flags))
     x = torch.ones(2, 3)
     assert use_onednn(x)
     assert not use_onednn(x.double())  # float64 (gradchecks): PyTorch's own ops
-    assert use_onednn(x.bfloat16()) == native_bf16()  # bf16 where the CPU computes it, not emulated
+    assert use_onednn(x.bfloat16()) == native_bf16() == bf16  # bf16 where the CPU computes it natively
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not use_onednn(x)  # autocast picks the dtypes
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # a user's switch
@@ -108,3 +112,79 @@ def test_the_products_run_on_onednn_forward_and_backward():
     ops = {event.name for event in profiled.events()}
     assert "mkldnn::_linear_pointwise" in ops
     assert not ops & {"aten::mm", "aten::addmm", "aten::matmul", "aten::linear"}, ops
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_the_flags_do_not_change_which_library_runs_where_the_processor_cannot(monkeypatch, activation):
+    """fp32 on MKL where the flags have no AVX-512: the same products, to fp32 rounding."""
+    monkeypatch.undo()
+    monkeypatch.setenv(onednn.FLAGS_VARIABLE, " ".join(ZEN3))
+    gen = torch.Generator().manual_seed(2)
+    x, weight, bias = torch.randn(300, 48, generator=gen), torch.randn(96, 48, generator=gen), torch.randn(96)
+    assert not use_onednn(x)
+    with torch.no_grad():
+        assert_close_to(linear_activation(x, weight, bias, activation),
+                        getattr(F, activation)(F.linear(x.double(), weight.double(), bias.double())))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bf16: bf16 operands, fp32 sums, one rounding of the output to bf16 (2^-9 relative at most). On a processor without
+# bf16 products, `_inner_product` emulates them; `bf16_cpu` runs each test both ways.
+
+def bf16_operands(rows: int, k: int, m: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    x, weight, bias, other = (torch.randn(*shape, generator=gen).bfloat16()
+                              for shape in ((rows, k), (m, k), (m,), (rows, m)))
+    return x, weight.float(), bias.float(), other  # weights stay fp32, as a model's do: the kernels cast them
+
+
+def assert_bf16_rounding_of(actual: torch.Tensor, exact: torch.Tensor) -> None:
+    """One rounding to bf16 of a sum taken in fp32: 2^-9 relative, plus the fp32 sum's own error."""
+    assert actual.dtype == torch.bfloat16
+    torch.testing.assert_close(actual.double(), exact, rtol=2**-8, atol=1e-5 * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("rows, k, m", SHAPES)
+def test_bf16_products_round_the_fp32_sum_once(rows, k, m, bf16_cpu):
+    x, weight, bias, other = bf16_operands(rows, k, m)
+    assert use_onednn(x)
+    exact = F.linear(x.double(), weight.bfloat16().double(), bias.bfloat16().double())
+    with torch.no_grad():
+        assert_bf16_rounding_of(linear(x, weight, bias), exact)
+        assert_bf16_rounding_of(linear_into(torch.empty(rows, m, dtype=torch.bfloat16), x, weight, bias), exact)
+        assert_bf16_rounding_of(linear_activation(x, weight, bias, "gelu"), F.gelu(exact))
+        assert_bf16_rounding_of(linear_activation(x, weight, bias, "relu"), F.relu(exact))
+        assert_bf16_rounding_of(linear_add(x, weight, bias, other), exact + other.double())
+    assert_weight_grad_of(weight_grad(other, x), other.double().T @ x.double())
+
+
+def assert_weight_grad_of(actual: torch.Tensor, exact: torch.Tensor) -> None:
+    """A bf16 weight gradient: each part's product (1,024 rows) rounded to bf16 once, the parts summed in fp32."""
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual.double(), exact, rtol=2**-8, atol=2**-8 * exact.abs().max().item())
+
+
+def test_bf16_linear_backward_matches_float64(bf16_cpu):
+    x, weight, bias, grad_y = bf16_operands(1100, 96, 48, seed=3)
+    x.requires_grad_()
+    weight.requires_grad_()
+    bias.requires_grad_()
+    linear(x, weight, bias).backward(grad_y)
+    w = weight.detach().bfloat16().double()
+    assert_bf16_rounding_of(x.grad, grad_y.double() @ w)
+    assert weight.grad.dtype == bias.grad.dtype == torch.float32  # the weights' own dtype, summed in fp32
+    assert_weight_grad_of(weight.grad, grad_y.double().T @ x.detach().double())
+    torch.testing.assert_close(bias.grad.double(), grad_y.double().sum(0), rtol=0, atol=1e-4)
+
+
+@pytest.mark.skipif(not native_bf16(hardware_flags()), reason="compares emulated bf16 with this processor's own: "
+                                                               "needs one with avx512_bf16 or amx_bf16")
+def test_emulated_bf16_products_equal_the_native_ones_to_one_rounding(monkeypatch):
+    x, weight, bias, other = bf16_operands(700, 96, 48, seed=4)
+    monkeypatch.setenv(onednn.FLAGS_VARIABLE, " ".join(ZEN4))  # bf16 on oneDNN, whatever the suite runs as
+    with torch.no_grad():
+        native = [linear_activation(x, weight, bias, "gelu"), linear_add(x, weight, bias, other)]
+        monkeypatch.setattr(onednn, "hardware_flags", lambda: frozenset(ZEN3))  # the same, on a processor without
+        emulated = [linear_activation(x, weight, bias, "gelu"), linear_add(x, weight, bias, other)]
+    for a, b in zip(native, emulated):
+        torch.testing.assert_close(a.double(), b.double(), rtol=2**-7, atol=1e-5 * b.abs().max().item())

@@ -8,6 +8,7 @@ from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM, Robe
 from transformers import LongformerForMaskedLM as HFMaskedLM
 
 from longformer import WeightsMismatchError
+from longformer.errors import CheckpointError
 from longformer.hf import to_hf_state_dict
 from longformer.model import LongformerForMaskedLM
 from longformer.pipeline.step import NOT_PREDICTED, masked_lm_loss
@@ -83,11 +84,12 @@ def test_masked_lm_loss_reads_only_the_predicted_tokens(hf_masked_lm_checkpoint)
     assert torch.allclose(actual, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "relu"])  # BERT's head computes hidden_act, RoBERTa's gelu always
 @pytest.mark.parametrize("family", ["bert", "roberta"])
-def test_bert_and_roberta_heads_convert_exactly(family, tmp_path):
+def test_bert_and_roberta_heads_convert_exactly(family, activation, tmp_path):
     torch.manual_seed(1)
     shape = dict(vocab_size=150, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                 max_position_embeddings=66 if family == "roberta" else 64)
+                 max_position_embeddings=66 if family == "roberta" else 64, hidden_act=activation)
     model = (RobertaForMaskedLM(RobertaConfig(**shape, pad_token_id=1)) if family == "roberta"
              else BertForMaskedLM(BertConfig(**shape)))
     with torch.no_grad():
@@ -105,6 +107,10 @@ def test_bert_and_roberta_heads_convert_exactly(family, tmp_path):
         expected = model(input_ids=ids, attention_mask=mask).logits
         actual = ours(ids, mask)
     assert (actual[mask.bool()] - expected[mask.bool()]).abs().max() <= 1e-5
+    if ours.config.lm_head_act != "gelu":  # transformers' Longformer head cannot compute it: said, not written
+        with pytest.raises(CheckpointError, match="masked-LM head computes gelu; this head computes relu"):
+            ours.save_hf(tmp_path / "exported")
+        assert not (tmp_path / "exported").exists()
 
 
 def test_a_checkpoint_without_a_head_gets_a_new_tied_one(hf_checkpoint):
@@ -122,12 +128,25 @@ def test_a_checkpoint_without_a_head_gets_a_new_tied_one(hf_checkpoint):
     assert torch.allclose(head(hidden, model.encoder.embeddings.word.weight), expected, atol=1e-6)
 
 
-def test_minilm_has_no_head_and_gets_one(tmp_path):
+def test_minilm_has_no_head_and_gets_one():
+    """all-MiniLM-L6-v2 ships no masked-LM head: the masked LM made from it gets a new one (BERT's initialisation),
+    tied to its own word embeddings, which predicts over the whole vocabulary."""
     from longformer.hf import convert_hf_checkpoint
     from longformer.pipeline.download import minilm_directory
 
     config, state, lm_head = convert_hf_checkpoint(minilm_directory())
     assert lm_head is None and config.vocab_size == 30522
+    torch.manual_seed(0)
+    model = LongformerForMaskedLM.from_hf(minilm_directory()).eval()
+    head, words = model.lm_head, model.encoder.embeddings.word.weight
+    assert torch.equal(words, state["embeddings.word.weight"])
+    assert head.dense.weight.std().item() == pytest.approx(0.02, rel=0.1) and not head.bias.any()
+    ids = torch.tensor([[101, 1996, 3185, 2001, 103, 102]])  # [CLS] the movie was [MASK] [SEP]
+    with torch.no_grad():
+        logits = model(ids, predict=ids.eq(103))
+        hidden = model.encoder(ids)[0, 4]
+    assert logits.shape == (1, 30522)
+    torch.testing.assert_close(logits[0], head.norm(F.gelu(head.dense(hidden))) @ words.T, rtol=0, atol=1e-5)
 
 
 def test_save_and_load_keep_the_head(hf_masked_lm_checkpoint, tmp_path):

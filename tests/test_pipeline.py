@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from longformer import weights
@@ -22,6 +23,7 @@ from longformer.pipeline.sample import sample_corpus, sample_review
 from longformer.pipeline.download import download_checkpoint
 from longformer.pipeline.evaluate import evaluate
 from longformer.pipeline.params import DataParams, TrainParams, load_params
+from longformer.pipeline.precision import resolve_precision
 from longformer.pipeline.train import train
 from tests.helpers import ROOT, SHARED_IMDB
 
@@ -69,10 +71,12 @@ def test_dvc_repro_then_experiment(project):
     test = json.loads((project / "metrics/test.json").read_text())
     assert test["accuracy"] >= 0.9 and 0 < test["loss"] < math.log(2) and test["f1"] >= 0.9
     assert test["reviews"] == 1000
+    precision = resolve_precision("auto", torch.device("cpu"))  # what this CPU computes in: said by every stage
+    assert test["precision"] == precision
     baseline = json.loads((project / "metrics/baseline.json").read_text())
     assert baseline["reviews"] == 1000 and baseline["accuracy"] >= 0.9 and baseline["train_reviews"] == 2700
     trained = json.loads((project / "metrics/train/metrics.json").read_text())
-    assert trained["best"]["val_accuracy"] >= 0.9 and trained["step"] > 0
+    assert trained["best"]["val_accuracy"] >= 0.9 and trained["step"] > 0 and trained["precision"] == precision
     assert (project / "metrics/train/plots/metrics/train/loss.tsv").is_file()
     assert len((project / "metrics/predictions.csv").read_text().splitlines()) == 1001
     assert sorted(p.name for p in (project / "data/model").iterdir()) == ["config.json", "lm_head.safetensors",
@@ -81,6 +85,7 @@ def test_dvc_repro_then_experiment(project):
     for when in ("before", "after"):
         assert list(pretrained[when]["by_position"]) == ["0-511", "512-1023"]  # the tiny model's 1024 positions
     assert pretrained["after"]["loss"] < pretrained["before"]["loss"] and pretrained["steps"] == 20
+    assert pretrained["precision"] == precision
     assert (project / "metrics/pretrain/plots/metrics/train/loss.tsv").is_file()
 
     predict_trained_model(project)
@@ -136,7 +141,10 @@ def predict_trained_model(project: Path) -> None:
     assert [source for source, _, _ in lines] == ["one.txt", "more.csv:1", "more.csv:2", "more.csv:3", "stdin:1",
                                                    "stdin:2"]
     assert [int(label) for _, label, _ in lines] == [label for _, label in reviews]  # an easy set: all right
-    assert all(0.5 <= float(probability) <= 1 for _, _, probability in lines)
+    from longformer.pipeline.predict import classify
+
+    expected = classify(project / "data/train", project / "data/checkpoint", [text for text, _ in reviews], 1024)
+    assert [float(probability) for _, _, probability in lines] == [round(float(p.max()), 4) for p in expected]
 
     # After training, params.yaml no longer describes the model (an edit, another experiment's params): predict reads
     # how training tokenized from what the pipeline wrote, so it prints the same.
@@ -162,7 +170,9 @@ def exported_model_predicts_as_ours(project: Path) -> None:
 
     rng = random.Random(11)
     texts = [sample_review(rng)[0] for _ in range(8)]
-    expected = classify(project / "data/train", project / "data/checkpoint", texts, max_length=1024)
+    texts.append(" ".join([texts[0]] * 8))  # longer than the model's 1,024 tokens: truncated as training did
+    expected = classify(project / "data/train", project / "data/checkpoint", texts, max_length=1024,
+                        precision="fp32")  # the fp32 oracle
     outputs = pipeline("text-classification", model=str(project / "data/export/hf"), truncation=True)(texts, top_k=None)
     theirs = np.array([[next(o["score"] for o in out if o["label"] == name) for name in ("negative", "positive")]
                        for out in outputs])
@@ -170,13 +180,23 @@ def exported_model_predicts_as_ours(project: Path) -> None:
     card = (project / "data/export/hf/README.md").read_text()
     assert "pipeline_tag: text-classification" in card and "| accuracy | 1.0000 |" in card
     assert "label_smoothing: 0.1" in card and "dvc.lock sha256" in card
+    assert "Then 20 steps of masked-LM pretraining" in " ".join(card.split())
 
+    # the ONNX file with a tokenizer that would not truncate: cut at the model's length, as our path cuts
+    unlimited = project / "export-unlimited"
+    shutil.copytree(project / "data/export", unlimited)
+    tokenizer_config = unlimited / "hf/tokenizer_config.json"
+    tokenizer_config.write_text(json.dumps(json.loads(tokenizer_config.read_text()) | {"model_max_length": 10**6}))
     stdin = "\n".join(texts) + "\n"
-    printed = [subprocess.run([sys.executable, "-m", "stages.predict", *onnx], cwd=project, env=ENV, input=stdin,
-                              capture_output=True, text=True, check=True).stdout for onnx in ([], ["--onnx"])]
-    ours, onnx = ([line.split("\t") for line in out.splitlines()] for out in printed)
+    printed = [subprocess.run([sys.executable, "-m", "stages.predict", *args], cwd=project, env=ENV, input=stdin,
+                              capture_output=True, text=True, check=True).stdout
+               for args in (["--precision", "fp32"], ["--onnx"], ["--onnx", "--export", str(unlimited)])]
+    ours, onnx, onnx_unlimited = ([line.split("\t") for line in out.splitlines()] for out in printed)
+    assert onnx_unlimited == onnx
     assert [label for _, label, _ in onnx] == [label for _, label, _ in ours] == [str(p.argmax()) for p in expected]
     assert all(abs(float(a) - float(b)) <= 2e-4 for (_, _, a), (_, _, b) in zip(ours, onnx))  # printed to 4 digits
+    bf16 = classify(project / "data/train", project / "data/checkpoint", texts, max_length=1024, precision="bf16")
+    assert (bf16.argmax(1) == expected.argmax(1)).all() and np.abs(bf16 - expected).max() <= 0.01  # bf16's bound
 
 
 def test_bad_param_is_a_clear_error_and_touches_nothing(project, tmp_path):

@@ -1,27 +1,20 @@
-"""train.precision: `auto` resolved from the CPU's flags, the kernels in bf16 against the fp32 oracle, and a resume
-state of another precision discarded."""
+"""train.precision: `auto` resolved from the CPU's flags, the kernels in bf16 against the fp32 oracle (on every CPU:
+natively where the processor computes bf16, emulated elsewhere), and a resume state of another precision discarded."""
 
 from contextlib import nullcontext
 
 import pytest
 import torch
 
-from longformer import LongformerModel, kernels
+from longformer import LongformerConfig, LongformerModel, kernels
 from longformer.errors import ConfigError
 from longformer.kernels import onednn
 from longformer.pipeline.loop import Best, Position, ResumeState
 from longformer.pipeline.precision import resolve_precision
-from tests.helpers import relative_error
+from tests.helpers import SAPPHIRE_RAPIDS, SKYLAKE, ZEN3, ZEN4, relative_error
 from tests.test_parity import make_batch
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-ZEN3 = {"avx2", "fma", "sha_ni"}  # AVX2 only: no bf16 at all on oneDNN
-SKYLAKE = {"avx2", "avx512f", "avx512bw", "avx512_vnni"}  # AVX-512 without BF16: oneDNN would emulate it
-ZEN4 = SKYLAKE | {"avx512_bf16"}
-SAPPHIRE_RAPIDS = SKYLAKE | {"avx512_bf16", "amx_bf16", "amx_tile"}
-
-needs_native_bf16 = pytest.mark.skipif(not kernels.native_bf16(), reason="needs a CPU that computes bf16 natively "
-                                                                         "(avx512_bf16 or amx_bf16)")
 
 
 @pytest.mark.parametrize("flags, expected", [(ZEN3, "fp32"), (SKYLAKE, "fp32"), (ZEN4, "bf16"),
@@ -36,6 +29,15 @@ def test_auto_is_bf16_on_cuda_and_explicit_precisions_stand():
         assert resolve_precision(precision, CPU, ZEN3) == precision == resolve_precision(precision, CPU, ZEN4)
     with pytest.raises(ConfigError, match=r"precision must be one of \['auto', 'fp32', 'bf16'\], got 'fp16'"):
         resolve_precision("fp16", CPU)
+
+
+@pytest.mark.parametrize("flags, expected", [("avx2 fma", "fp32"), ("avx2,avx512f,avx512_bf16", "bf16")])
+def test_the_flags_variable_decides_as_that_cpu(monkeypatch, flags, expected):
+    """LONGFORMER_CPU_FLAGS replaces the processor's flags in every decision (how the suite runs as another CPU)."""
+    monkeypatch.setenv(onednn.FLAGS_VARIABLE, flags)
+    assert resolve_precision("auto", CPU) == expected
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernels.enabled(torch.zeros(1)) == (expected == "bf16")
 
 
 def test_without_native_bf16_autocast_runs_the_reference_path(monkeypatch):
@@ -92,9 +94,8 @@ def model(hf_checkpoint):
     return LongformerModel.from_hf(hf_checkpoint)
 
 
-@needs_native_bf16
 @pytest.mark.parametrize("n", [9, 17, 61])
-def test_bf16_kernels_match_fp32_within_bf16_rounding(model, n):
+def test_bf16_kernels_match_fp32_within_bf16_rounding(model, n, bf16_cpu):
     model.eval()
     out32, grad32, _ = outputs_and_gradients(model, n, bf16=False)
     out16, grad16, _ = outputs_and_gradients(model, n, bf16=True)
@@ -107,8 +108,7 @@ def test_bf16_kernels_match_fp32_within_bf16_rounding(model, n):
     assert errors["gradient"] <= 1.5 * errors["autocast_gradient"], errors
 
 
-@needs_native_bf16
-def test_bf16_kernels_with_dropout_match_fp32_with_the_same_masks(hf_checkpoint):
+def test_bf16_kernels_with_dropout_match_fp32_with_the_same_masks(hf_checkpoint, bf16_cpu):
     """In training mode with dropout (attention's and hidden) the masks come from the seed, whatever the dtype: the
     bf16 kernels then match the fp32 ones within the same bounds (measured: 1e-4 and 2.5e-4; other masks: 0.4)."""
     model = LongformerModel.from_hf(hf_checkpoint)
@@ -124,8 +124,7 @@ def test_bf16_kernels_with_dropout_match_fp32_with_the_same_masks(hf_checkpoint)
     assert 0 < errors[0] <= 1e-3 and 0 < errors[1] <= 2e-3, errors
 
 
-@needs_native_bf16
-def test_bf16_autocast_runs_the_kernels_with_bf16_products(model, monkeypatch):
+def test_bf16_autocast_runs_the_kernels_with_bf16_products(model, monkeypatch, bf16_cpu):
     calls = []
     real = onednn._inner_product
     monkeypatch.setattr(onednn, "_inner_product", lambda x, *rest: calls.append(x.dtype) or real(x, *rest))
@@ -136,7 +135,7 @@ def test_bf16_autocast_runs_the_kernels_with_bf16_products(model, monkeypatch):
     assert calls and set(calls) == {torch.bfloat16}
 
 
-def test_bf16_forward_after_a_fused_optimizer_step_computes_with_the_new_weights(hf_checkpoint):
+def test_bf16_forward_after_a_fused_optimizer_step_computes_with_the_new_weights(hf_checkpoint, bf16_cpu):
     """Fused AdamW changes the weights in place without a new tensor version: the bf16 copies of the weights must
     still be made afresh, so the next forward equals that of a model loaded with the stepped weights."""
     model = LongformerModel.from_hf(hf_checkpoint).eval()
@@ -149,3 +148,71 @@ def test_bf16_forward_after_a_fused_optimizer_step_computes_with_the_new_weights
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model(ids, mask, glob), fresh(ids, mask, glob))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# At the training block size: windows of 512 (blocks of 256 queries in bf16, 128 in fp32; 64 with attention dropout),
+# 700 tokens, several global tokens, padding.
+
+def long_window_model(dropout: float) -> LongformerModel:
+    torch.manual_seed(3)
+    config = LongformerConfig(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                              attention_window=[512, 16], max_position_embeddings=1026, hidden_dropout=dropout,
+                              attention_dropout=dropout)
+    model = LongformerModel(config).train()
+    for name, tensor in model.named_parameters():  # initialised as BERT and RoBERTa are (and as transformers' is)
+        if name.endswith("weight") and tensor.dim() == 2:
+            torch.nn.init.normal_(tensor, std=0.02)
+    return model
+
+
+def long_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids = torch.randint(3, 120, (2, 700), generator=torch.Generator().manual_seed(5))
+    mask, glob = torch.ones_like(ids), torch.zeros_like(ids)
+    mask[1, 450:] = 0
+    ids[mask == 0] = 1
+    glob[:, 0] = 1
+    glob[0, [300, 699]] = 1
+    glob[1, 100] = 1
+    return ids, mask, glob
+
+
+def long_outputs_and_gradients(model: LongformerModel, bf16: bool, backward_inside: bool = False,
+                               reference: bool = False):
+    ids, mask, glob = long_batch()
+    weights = torch.randn(2, 700, 32, generator=torch.Generator().manual_seed(1))
+    model.zero_grad()
+    torch.manual_seed(11)  # the same dropout masks in every call
+    with (torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+          kernels.disabled() if reference else nullcontext()):
+        out = model(ids, mask, glob).float()
+        loss = (out * weights * mask[..., None]).sum()
+        if backward_inside:
+            loss.backward()
+    if not backward_inside:
+        loss.backward()
+    gradient = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return out[mask.bool()].detach(), gradient
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_bf16_kernels_at_the_training_block_size_match_fp32(dropout, bf16_cpu):
+    model = long_window_model(dropout)
+    out32, grad32 = long_outputs_and_gradients(model, bf16=False)
+    out16, grad16 = long_outputs_and_gradients(model, bf16=True)
+    errors = relative_error(out16, out32), relative_error(grad16, grad32)
+    assert 0 < errors[0] <= 1e-3 and 0 < errors[1] <= 2e-3, errors
+    # PyTorch's own autocast on the reference path, against its fp32 with the same (its own) dropout masks
+    reference32, reference_grad32 = long_outputs_and_gradients(model, bf16=False, reference=True)
+    reference16, reference_grad16 = long_outputs_and_gradients(model, bf16=True, reference=True)
+    assert errors[0] <= 1.5 * relative_error(reference16, reference32), errors
+    assert errors[1] <= 1.5 * relative_error(reference_grad16, reference_grad32), errors
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_backward_inside_the_autocast_block_gives_the_same_gradients(bf16, bf16_cpu):
+    """Users often call backward() inside the autocast block: the kernels' backward then keeps its own dtypes."""
+    model = long_window_model(0.1)
+    expected = long_outputs_and_gradients(model, bf16)[1]
+    actual = long_outputs_and_gradients(model, bf16, backward_inside=True)[1]
+    assert torch.equal(actual, expected)

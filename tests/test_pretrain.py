@@ -10,7 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from longformer.pipeline.pretrain import BUCKET, Masking, held_out_loss, pack
+from longformer.model import LongformerForMaskedLM
+from longformer.pipeline.distributed import Processes
+from longformer.pipeline.params import PretrainParams
+from longformer.pipeline.pretrain import (BUCKET, Masking, MaskedLM, held_out_loss, pack, pretrain_identity,
+                                          tokens_trained, warm_up_head)
 from longformer.pipeline.step import NOT_PREDICTED
 from tests.helpers import finish, kill_at_step, prepare_inputs, run_stage_here, start_stage
 
@@ -42,6 +46,57 @@ def test_masking_follows_bert_and_never_touches_special_tokens():
     became_mask = inputs[predicted].eq(3).float().mean()
     kept = inputs[predicted].eq(ids[predicted]).float().mean()
     assert became_mask == pytest.approx(0.8, abs=0.02) and kept == pytest.approx(0.1 + 0.1 / 1000, abs=0.02)
+
+
+def test_a_random_replacement_is_never_a_special_token():
+    """Of the predicted tokens 10% become a random token: an ordinary one, never a pad (which would shift the position
+    of every token after it) nor another special token."""
+    ids = torch.randint(4, 10, (200_000,), generator=torch.Generator().manual_seed(0))
+    masking = Masking(prob=0.5, mask_token_id=3, vocab_size=10, special_ids=SPECIALS, seed=0)
+    inputs, labels = masking(ids, 1, 0)
+    replaced = labels.ne(NOT_PREDICTED) & inputs.ne(3) & inputs.ne(ids)
+    assert replaced.sum() > 3000  # about 0.5 x 0.1 x 5/6 of them: a draw of a special token would show
+    assert not torch.isin(inputs, torch.tensor(SPECIALS[:3])).any()
+    assert set(inputs[replaced].tolist()) == set(range(4, 10))
+
+
+def test_held_out_masks_do_not_depend_on_the_seed_or_the_mask_rate():
+    """Experiments that differ in pretrain.seed or pretrain.mask_prob are scored on the same held-out predictions."""
+    sequences = [np.zeros(900, dtype=np.int64), np.zeros(300, dtype=np.int64)]  # CountingModel's: all label 0
+    objectives = [MaskedLM(sequences, sequences, Masking(prob, 1, 2, (1,), seed), 1, 2)
+                  for prob, seed in ((0.15, 0), (0.3, 7))]
+    losses = [objective.validate(CountingModel(), Processes(), "fp32") for objective in objectives]
+    assert losses[0] == losses[1]
+    assert not torch.equal(*(objective.collate([0], 0)["labels"] for objective in objectives))  # training's differ
+
+
+def test_pretraining_identity_counts_the_processes(tmp_path):
+    """A state saved by a run of one process never resumes a run of two: they lay out their batches differently."""
+    params = PretrainParams()
+    identities = [pretrain_identity(params, processes, {"data": tmp_path}) for processes in (1, 2, 1)]
+    assert identities[0] == identities[2] != identities[1]
+
+
+def test_tokens_trained_counts_this_runs_steps_on_every_process():
+    params = PretrainParams(batch_size=4, grad_accum=2)
+    assert tokens_trained(params, steps=5, processes=2, length=128) == 5 * 4 * 2 * 2 * 128
+
+
+def test_a_new_head_warms_up_alone(hf_checkpoint):
+    """warm_up_head trains the head (its held-out loss falls) and leaves every tensor of the encoder as it was."""
+    torch.manual_seed(0)
+    model = LongformerForMaskedLM.from_hf(hf_checkpoint)
+    rng = np.random.default_rng(0)
+    sequences = [np.concatenate([[0], rng.integers(4, 40, 60), [2]]) for _ in range(8)]  # a small vocabulary
+    objective = MaskedLM(sequences, sequences, Masking(0.15, 3, 120, SPECIALS, 0), 1, 4)
+    encoder = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    head = {k: v.clone() for k, v in model.lm_head.state_dict().items()}
+    before = objective.validate(model, Processes(), "fp32")["loss"]
+    warm_up_head(model, objective, PretrainParams(head_warmup_steps=8, head_warmup_lr=1e-2), "fp32")
+    assert all(torch.equal(v, encoder[k]) for k, v in model.encoder.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())  # the encoder is trainable again
+    assert not torch.equal(model.lm_head.dense.weight, head["dense.weight"])
+    assert objective.validate(model, Processes(), "fp32")["loss"] < before - 0.1
 
 
 def test_masks_are_deterministic_and_fresh_each_epoch():

@@ -73,12 +73,17 @@ def test_same_seed_same_metrics(inputs, tmp_path):
     assert runs[0] == runs[1]
 
 
-def test_nan_loss_stops_with_step_and_keeps_best(inputs, tmp_path):
-    params = TrainParams(**TRAIN | {"lr": 1e30, "max_grad_norm": 1e30, "eval_every": 1})
-    with pytest.raises(TrainingError, match=r"the loss is (nan|inf|-inf) at optimizer step \d+"):
+@pytest.mark.parametrize("eval_every, said", [
+    (1, r"the weights of the best validation so far \(step 1\) are in .*out, "),
+    (0, r"no weights were written to .*out \(no validation had run\), "),
+])
+def test_nan_loss_stops_with_the_step_and_says_what_it_kept(inputs, tmp_path, eval_every, said):
+    params = TrainParams(**TRAIN | {"lr": 1e30, "max_grad_norm": 1e30, "eval_every": eval_every})
+    with pytest.raises(TrainingError, match=r"the loss is (nan|inf|-inf) at optimizer step \d+ .*training stopped: "
+                                            + said):
         train(inputs / "data/model", inputs / "data/tokenized", tmp_path / "out", tmp_path / "live",
               HeadConfig(dim=32), params, resume_dir=tmp_path / "resume")
-    assert (tmp_path / "out/model.safetensors").is_file()
+    assert (tmp_path / "out/model.safetensors").is_file() == bool(eval_every)
 
 
 def test_a_killed_worker_stops_the_run_which_then_resumes(inputs, tmp_path):

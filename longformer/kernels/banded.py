@@ -120,6 +120,7 @@ class BandedAttention(torch.autograd.Function):
         return out_tokens[:, :n]
 
     @staticmethod
+    @without_autocast()  # a backward run under autocast (inside its block) keeps our dtypes
     def backward(ctx, grad_out: Tensor):
         x, weight, rows, mask, out, lse, global_index, global_present = ctx.saved_tensors
         block, pad, scale = ctx.block, ctx.pad, ctx.scale

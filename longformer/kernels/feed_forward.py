@@ -87,6 +87,7 @@ class ActivationLinear(torch.autograd.Function):
         return y.view(*h.shape[:-1], -1)
 
     @staticmethod
+    @without_autocast()  # a backward run under autocast (inside its block) keeps our dtypes
     def backward(ctx, grad_y: Tensor):
         h, weight = ctx.saved_tensors
         grad_y = grad_y.reshape(-1, grad_y.shape[-1]).contiguous()  # (N, D); oneDNN takes no other strides

@@ -8,11 +8,17 @@ back to PyTorch's own op.
 
 In bf16 the products take the weights as bf16 copies (`cast`, one per forward and its backward) and accumulate in fp32
 (oneDNN does); a weight's gradient is summed in fp32 and returned in the weight's own dtype.
+
+Every decision here reads the CPU's flags through `cpu_flags`, which `LONGFORMER_CPU_FLAGS` replaces (the tests run
+"as a bf16-native CPU" or "as a Zen 3" on any machine). Where the flags say bf16 but the processor itself lacks it, the
+bf16 products are emulated (`_emulated`: fp32 products of the bf16 operands, rounded to bf16 as oneDNN rounds its
+output): the same numbers, only slower.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 from pathlib import Path
 
@@ -44,10 +50,20 @@ def cpu_info() -> dict[str, str]:
     return info
 
 
+FLAGS_VARIABLE = "LONGFORMER_CPU_FLAGS"  # flags to decide by instead of the processor's: "avx2 avx512f avx512_bf16"
+
+
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (/proc/cpuinfo's names: "avx2", "avx512f", "amx_bf16", ...)."""
+def hardware_flags() -> frozenset[str]:
+    """The processor's own feature flags (/proc/cpuinfo's names: "avx2", "avx512f", "amx_bf16", ...)."""
     return frozenset(cpu_info().get("flags", "").split())
+
+
+def cpu_flags() -> frozenset[str]:
+    """The flags every decision here reads: the processor's, or those `LONGFORMER_CPU_FLAGS` names (spaces or commas
+    between them) in their place."""
+    faked = os.environ.get(FLAGS_VARIABLE)
+    return hardware_flags() if faked is None else frozenset(faked.replace(",", " ").split())
 
 
 def native_bf16(flags: frozenset[str] | set[str] | None = None) -> bool:
@@ -110,14 +126,26 @@ def cast(weight: Tensor, dtype: torch.dtype) -> Tensor:
     return made[2]
 
 
-def _inner_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x (N, K) @ weight (M, K)^T + bias on oneDNN, in x's dtype; each operand contiguous or a transposed contiguous
-    matrix."""
-    return torch.ops.mkldnn._linear_pointwise(x, cast(weight, x.dtype), _cast_bias(bias, x.dtype), "none", [], "")
+def _inner_product(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str = "none",
+                   add: Tensor | None = None) -> Tensor:
+    """activation(x (N, K) @ weight (M, K)^T + bias) + add on oneDNN, in x's dtype, the sum and the activation
+    ("none", "gelu": the exact, erf one, or "relu") taken in fp32 before the one rounding to x's dtype; each operand
+    contiguous or a transposed contiguous matrix, add (N, M) contiguous and in x's dtype."""
+    weight, bias = cast(weight, x.dtype), None if bias is None else cast(bias, x.dtype)
+    if x.dtype == torch.bfloat16 and not native_bf16(hardware_flags()):
+        return _emulated(x, weight, bias, activation, add)
+    if add is not None:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, add, weight, bias, "add")
+    algorithm = "none" if activation == "gelu" else ""  # gelu's: exact (erf), not tanh
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], algorithm)
 
 
-def _cast_bias(bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if bias is None else cast(bias, dtype)
+def _emulated(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str, add: Tensor | None) -> Tensor:
+    """`_inner_product` in bf16 on a processor without bf16 products: the bf16 operands are exact in fp32, so an fp32
+    product accumulates as oneDNN's bf16 one does; the result is rounded to bf16 once, as oneDNN's is."""
+    y = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    y = {"none": y, "gelu": F.gelu(y), "relu": F.relu(y)}[activation]
+    return (y if add is None else y + add.float()).to(x.dtype)
 
 
 def mm(a: Tensor, weight: Tensor) -> Tensor:
@@ -145,7 +173,7 @@ def weight_grad(grad_y: Tensor, x: Tensor, add_to: Tensor | None = None) -> Tens
         elif total is None:
             total = _inner_product(a[part].T, b[part].T, None)
         else:
-            total = torch.ops.mkldnn._linear_pointwise.binary(a[part].T, total, b[part].T, None, "add")
+            total = _inner_product(a[part].T, b[part].T, None, add=total)
     if total is None:  # no rows
         return grad_y.T @ x
     return total.T if wide else total
@@ -166,9 +194,7 @@ def linear_activation(x: Tensor, weight: Tensor, bias: Tensor | None, activation
     """activation(x (N, K) @ weight (M, K)^T + bias), activation "gelu" (the exact, erf one) or "relu". Without
     autograd, oneDNN applies it to each part of the output as it makes it, in cache."""
     if use_onednn(x) and not torch.is_grad_enabled():
-        algorithm = "none" if activation == "gelu" else ""  # gelu's: exact (erf), not tanh
-        return torch.ops.mkldnn._linear_pointwise(x, cast(weight, x.dtype), _cast_bias(bias, x.dtype), activation, [],
-                                                  algorithm)
+        return _inner_product(x, weight, bias, activation)
     y = linear(x, weight, bias)
     return F.gelu(y) if activation == "gelu" else F.relu(y)
 
@@ -177,8 +203,7 @@ def linear_add(x: Tensor, weight: Tensor, bias: Tensor | None, other: Tensor) ->
     """x (N, K) @ weight (M, K)^T + bias + other (N, M, contiguous): without autograd, and other in x's dtype, one
     pass on oneDNN; in other's dtype."""
     if use_onednn(x) and not torch.is_grad_enabled() and other.dtype == x.dtype:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, other, cast(weight, x.dtype), _cast_bias(bias, x.dtype),
-                                                         "add")
+        return _inner_product(x, weight, bias, add=other)
     return linear(x, weight, bias) + other
 
 
@@ -192,6 +217,7 @@ class _OneDNNLinear(torch.autograd.Function):
         return _inner_product(x, weight, bias)
 
     @staticmethod
+    @without_autocast()  # a backward run under autocast (inside its block) keeps our dtypes
     def backward(ctx, grad_y: Tensor):
         x, weight = ctx.saved_tensors
         grad_y = grad_y.contiguous()  # e.g. a sum's gradient is an expanded view

@@ -31,8 +31,9 @@ def evaluate(train_dir: str | Path, data_dir: str | Path, metrics_file: str | Pa
     test = load_tokenized(data_dir, "test")
     labels = np.asarray(test["label"])
     check_labels(labels, model.head_config.num_labels, f"the test split of {data_dir}")
-    logits = predict_logits(model, test, batch_size, "test", procs, resolve_precision(precision, procs.device))
-    metrics = classification_metrics(labels, logits) | {"reviews": len(labels)}
+    precision = resolve_precision(precision, procs.device)
+    logits = predict_logits(model, test, batch_size, "test", procs, precision)
+    metrics = classification_metrics(labels, logits) | {"reviews": len(labels), "precision": precision}
     if procs.main:
         Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -29,7 +29,8 @@ MODEL_CARD = "README.md"
 
 
 def export(train_dir: str | Path, checkpoint_dir: str | Path, summary_file: str | Path, metrics_file: str | Path,
-           params: Params, out_dir: str | Path, lock_file: str | Path = "dvc.lock") -> list[str]:
+           pretrain_file: str | Path, params: Params, out_dir: str | Path, lock_file: str | Path = "dvc.lock"
+           ) -> list[str]:
     """Write out_dir (replacing it whole, only once everything is written). Returns the warnings, one line each."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -39,6 +40,7 @@ def export(train_dir: str | Path, checkpoint_dir: str | Path, summary_file: str 
         classifier = LongformerClassifier.load(train_dir)
     summary = read_json(summary_file, "tokenize")
     metrics = read_json(metrics_file, "evaluate")
+    pretrained = read_json(pretrain_file, "pretrain")
     source = read_json(Path(checkpoint_dir) / "config.json", "download")
     if len(params.export.labels) != classifier.head_config.num_labels:
         raise ConfigError(f"export.labels names {len(params.export.labels)} classes, but the trained classifier in "
@@ -48,14 +50,19 @@ def export(train_dir: str | Path, checkpoint_dir: str | Path, summary_file: str 
     shutil.rmtree(staging, ignore_errors=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PartialExportWarning)
-        classifier.save_hf(staging / HF_DIR, tokenizer=checkpoint_dir, labels=params.export.labels,
-                           tokenizer_max_length=summary["max_length"])
-    card = model_card(classifier, params, source, summary, metrics, provenance(lock_file))
+        head_written = classifier.save_hf(staging / HF_DIR, tokenizer=checkpoint_dir, labels=params.export.labels,
+                                          tokenizer_max_length=summary["max_length"])
+    card = model_card(classifier, params, source, summary, metrics, pretrained, head_written, provenance(lock_file))
     (staging / HF_DIR / MODEL_CARD).write_text(card)
     export_onnx(classifier, staging / ONNX_FILE)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
-    return [str(w.message) for w in caught if issubclass(w.category, PartialExportWarning)]
+    said = [str(w.message) for w in caught if issubclass(w.category, PartialExportWarning)]
+    if not head_written:
+        said.append(f"{out_dir / HF_DIR} is an encoder, not a classifier (its model card says so); the whole "
+                    f"classifier is {out_dir / ONNX_FILE}. For a transformers classifier, train with head.dim=0 and "
+                    "head.activation=tanh")
+    return said
 
 
 def read_json(path: str | Path, stage: str) -> dict:
@@ -83,25 +90,41 @@ def provenance(lock_file: str | Path) -> dict[str, str]:
     return {"git": revision or "unknown (not a git working tree)", "dvc.lock": digest or "none (no dvc.lock yet)"}
 
 
-def how_made_long(params: Params, source: dict, classifier: LongformerClassifier) -> str:
+def how_made_long(source: dict, classifier: LongformerClassifier, pretrained: dict) -> str:
+    """The base model's story: converted or made long, then pretrained (metrics/pretrain.json) or not."""
     config = classifier.config
     windows = sorted(set(config.attention_window))
     window_text = f"attention window {windows[0]}" if len(windows) == 1 else \
         f"attention windows {', '.join(map(str, config.attention_window))} (one per layer)"
     family = source.get("model_type", "longformer")
     if family == "longformer":
-        return f"a Longformer checkpoint, converted as it is: {config.max_length} tokens, {window_text}."
-    source_length = source["max_position_embeddings"] - (config.position_offset or 0)
-    return (f"a {family} checkpoint made long the way the Longformer was made from RoBERTa (Beltagy et al., 2020, "
-            f"section 5): its {source_length} position embeddings copied over and over up to {config.max_length} "
-            f"positions, the global query/key/value projections started as copies of the local ones, {window_text}. "
-            "No masked-LM pretraining after the copy: fine-tuned directly on the task.")
+        made = f"a Longformer checkpoint, converted as it is: {config.max_length} tokens, {window_text}."
+    else:
+        source_length = source["max_position_embeddings"] - (config.position_offset or 0)
+        made = (f"a {family} checkpoint made long the way the Longformer was made from RoBERTa (Beltagy et al., "
+                f"2020, section 5): its {source_length} position embeddings copied over and over up to "
+                f"{config.max_length} positions, the global query/key/value projections started as copies of the "
+                f"local ones, {window_text}.")
+    return f"{made} {how_pretrained(pretrained)}"
 
 
-def card_metadata(params: Params) -> dict:
-    """The model card's YAML header: what the hub indexes the model by."""
-    meta = {"library_name": "transformers", "pipeline_tag": "text-classification",
-            "tags": ["longformer", "text-classification", "long-document"], "metrics": ["accuracy", "f1"]}
+def how_pretrained(pretrained: dict) -> str:
+    """What the pretrain stage did, from its metrics."""
+    if not pretrained.get("steps"):
+        return "No masked-LM pretraining after the conversion: fine-tuned directly on the task."
+    before, after = pretrained["before"]["loss"], pretrained["after"]["loss"]
+    precision = f", in {pretrained['precision']}" if "precision" in pretrained else ""  # recorded since 2026-12-07
+    return (f"Then {pretrained['steps']} steps of masked-LM pretraining on the training texts (sequences of "
+            f"{pretrained['sequence_length']} tokens{precision}), keeping the weights of step "
+            f"{pretrained['best_step']}: held-out masked-LM loss {before:.4f} -> {after:.4f}.")
+
+
+def card_metadata(params: Params, head_written: bool) -> dict:
+    """The model card's YAML header: what the hub indexes the model by. A directory without the head is an encoder
+    (feature extraction), whatever the ONNX file beside it classifies."""
+    task = "text-classification" if head_written else "feature-extraction"
+    meta = {"library_name": "transformers", "pipeline_tag": task, "tags": ["longformer", task, "long-document"],
+            "metrics": ["accuracy", "f1"]}
     if is_hub_id(params.model.checkpoint):
         meta["base_model"] = params.model.checkpoint
     if params.data.dataset == "imdb":
@@ -110,7 +133,7 @@ def card_metadata(params: Params) -> dict:
 
 
 def model_card(classifier: LongformerClassifier, params: Params, source: dict, summary: dict, metrics: dict,
-               origin: dict[str, str]) -> str:
+               pretrained: dict, head_written: bool, origin: dict[str, str]) -> str:
     """The model's README.md in the Hugging Face hub's convention: metadata, then what it is, how it was made,
     on what data, with which params, its test metrics and where it came from."""
     checkpoint, config, head = params.model.checkpoint, classifier.config, classifier.head_config
@@ -118,29 +141,18 @@ def model_card(classifier: LongformerClassifier, params: Params, source: dict, s
                         for key in ("reviews", "truncated"))
     results = "\n".join(f"| {name} | {metrics[name]:.4f} |" for name in ("accuracy", "f1", "loss") if name in metrics)
     every_param = yaml.safe_dump(dataclasses.asdict(params), sort_keys=False).strip()
+    labels = ", ".join(f"{i} = {name}" for i, name in enumerate(params.export.labels))
     return f"""---
-{yaml.safe_dump(card_metadata(params), sort_keys=False).strip()}
+{yaml.safe_dump(card_metadata(params, head_written), sort_keys=False).strip()}
 ---
 
-# Longformer classifier ({checkpoint}, {config.max_length} tokens)
+# Longformer {"classifier" if head_written else "encoder of a classifier"} ({checkpoint}, {config.max_length} tokens)
 
-A long-document classifier: a Longformer encoder ({config.num_layers} layers, hidden {config.hidden_size}) with a
-classification head on the first token, which has global attention. Labels: {', '.join(
-        f'{i} = {name}' for i, name in enumerate(params.export.labels))}.
-
-```python
-from transformers import pipeline
-
-classify = pipeline("text-classification", model="path/to/hf", truncation=True)  # truncates as in training
-classify("A long review ...", top_k=None)
-```
-
-`../model.onnx` is the same classifier for onnxruntime: `input_ids` and `attention_mask` (int64, batch x length,
-any length up to {config.max_length}) in, `logits` out.
+{what_it_is(config, head, labels, head_written)}
 
 ## Base model
 
-`{checkpoint}`: {how_made_long(params, source, classifier)}
+`{checkpoint}`: {how_made_long(source, classifier, pretrained)}
 
 ## Data
 
@@ -157,7 +169,7 @@ Linear({head.dim}, {head.num_labels}); the weights kept are those of the best va
 
 ## Test results
 
-On {metrics.get('reviews', summary['test']['reviews']):,} test reviews:
+On {metrics.get('reviews', summary['test']['reviews']):,} test reviews, {computed_in(metrics)}:
 
 | metric | value |
 |---|---:|
@@ -168,3 +180,40 @@ On {metrics.get('reviews', summary['test']['reviews']):,} test reviews:
 - git revision: {origin['git']}
 - dvc.lock sha256 (as the export stage found it): {origin['dvc.lock']}
 """
+
+
+def computed_in(metrics: dict) -> str:
+    """The precision the test metrics were computed in, where the evaluate stage recorded it."""
+    exports = "both exports hold fp32 weights and compute in fp32"
+    if "precision" not in metrics:
+        return f"in a precision the metrics do not record ({exports})"
+    return (f"the classifier computing in {metrics['precision']} (train.precision as the machine that evaluated it "
+            f"resolved it; {exports})")
+
+
+def what_it_is(config, head, labels: str, head_written: bool) -> str:
+    """The card's opening: what `hf/` holds and how to run it, and the ONNX file beside it."""
+    onnx = (f"`../model.onnx` is the whole classifier for onnxruntime: `input_ids` and `attention_mask` (int64, batch "
+            f"x length, any length up to {config.max_length}) in, `logits` out (labels: {labels}).")
+    if not head_written:
+        return f"""This directory holds the **encoder only**: a transformers `LongformerModel` ({config.num_layers} layers,
+hidden {config.hidden_size}), with no classification head. The classifier was trained with the head
+Linear({config.hidden_size}, {head.dim}) -> {head.activation} -> Linear({head.dim}, {head.num_labels}), which
+transformers' Longformer head (dense(hidden -> hidden) -> tanh -> out_proj) cannot hold; a `text-classification`
+pipeline on this directory would put a random head on it. {onnx}
+
+```python
+from transformers import AutoModel
+encoder = AutoModel.from_pretrained("path/to/hf")  # features: last_hidden_state
+```"""
+    return f"""A long-document classifier: a Longformer encoder ({config.num_layers} layers, hidden {config.hidden_size}) with a
+classification head on the first token, which has global attention. Labels: {labels}.
+
+```python
+from transformers import pipeline
+
+classify = pipeline("text-classification", model="path/to/hf", truncation=True)  # truncates as in training
+classify("A long review ...", top_k=None)
+```
+
+{onnx.replace("the whole classifier", "the same classifier")}"""

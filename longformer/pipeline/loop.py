@@ -277,6 +277,7 @@ class Run:
         if self.procs.main:
             self.best.write(self.model, out_dir)
             self.live.summary["best"] = dict(self.best.metrics)
+            self.live.summary["precision"] = self.precision  # what the metrics were computed in
             self.live.end()
             shutil.rmtree(self.resume_file.parent, ignore_errors=True)
         del self.forward  # a DDP wrapper holds the process group, which close() frees
@@ -343,10 +344,11 @@ def take_step(run: Run, objective: Objective, batches: list[dict[str, Tensor]], 
     except NonFiniteLossError as error:
         if run.procs.main:
             run.best.write(run.model, out_dir)
+        kept = (f"the weights of the best validation so far (step {run.best.metrics['step']}) are in {out_dir}"
+                if run.best.weights is not None else f"no weights were written to {out_dir} (no validation had run)")
         raise TrainingError(
-            f"{error} at optimizer step {run.position.step + 1} (epoch {run.position.epoch + 1}); training stopped. "
-            f"The best weights so far are in {out_dir}, the last good resumable state in {run.resume_file}. "
-            "Try a lower lr or max_grad_norm.") from None
+            f"{error} at optimizer step {run.position.step + 1} (epoch {run.position.epoch + 1}); training stopped: "
+            f"{kept}, the last good resumable state in {run.resume_file}. Try a lower lr or max_grad_norm.") from None
     run.position.step += 1
     run.position.group += 1
     return run.procs.mean(loss)

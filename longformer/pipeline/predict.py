@@ -93,7 +93,8 @@ def classify_onnx(export_dir: str | Path, texts: Sequence[str], batch_size: int 
     with written_by("export"):
         tokenizer = load_tokenizer(hf_dir)
         session = OnnxClassifier(onnx_file)
-    ids = tokenize_reviews(tokenizer, texts, tokenizer.model_max_length)
+    limits = [tokenizer.model_max_length] + ([session.max_length] if session.max_length else [])
+    ids = tokenize_reviews(tokenizer, texts, min(limits))  # never past the model, whatever the tokenizer says
     logits = np.zeros((len(ids), session.num_labels), dtype=np.float32)
     for indices, batch in inference_batches(ids, batch_size, tokenizer.pad_token_id):
         logits[indices] = session.logits(batch["input_ids"], batch["attention_mask"])

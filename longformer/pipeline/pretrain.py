@@ -9,11 +9,12 @@ epoch; attention is local only, as in the paper's pretraining. The loop is fine-
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -37,6 +38,9 @@ from longformer.pipeline.loop import run_identity, start_run, step_groups, steps
 
 BUCKET = 512  # positions per bucket of the held-out loss (the length BERT and RoBERTa were trained on)
 VALIDATION_STREAM = 0  # the masks of the held-out sequences; epoch e draws from stream e + 1
+# The held-out masks are the same whatever pretrain.seed and pretrain.mask_prob are, so that experiments differing in
+# them are scored on the same predictions (BERT's rate).
+VALIDATION_SEED, VALIDATION_MASK_PROB = 0, 0.15
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -54,7 +58,8 @@ def pack(token_lists: Sequence[Sequence[int]], length: int, cls_id: int, sep_id:
 @dataclass(frozen=True)
 class Masking:
     """BERT's masking, deterministic per (seed, stream, sequence): `prob` of the maskable tokens are predicted; of
-    those 80% become `mask_token_id`, 10% a random token, 10% stay. Special tokens are never masked."""
+    those 80% become `mask_token_id`, 10% a random ordinary token, 10% stay. Special tokens are never masked, nor
+    drawn as the random token (a drawn pad would shift the positions of every token after it)."""
 
     prob: float
     mask_token_id: int
@@ -73,10 +78,21 @@ class Masking:
         if not chosen.any() and maskable.any():
             chosen[maskable.nonzero()[draws[0][maskable].argmin()]] = True
         labels = torch.where(chosen, ids, NOT_PREDICTED)
-        random_tokens = (draws[2] * self.vocab_size).long()
+        random_tokens = self.ordinary_ids[(draws[2] * len(self.ordinary_ids)).long()]
         inputs = torch.where(chosen & (draws[1] < 0.8), self.mask_token_id, ids)
         inputs = torch.where(chosen & (draws[1] >= 0.8) & (draws[1] < 0.9), random_tokens, inputs)
         return inputs, labels
+
+    @functools.cached_property
+    def ordinary_ids(self) -> Tensor:
+        """The ids a random replacement is drawn from: the vocabulary but the special tokens."""
+        ordinary = torch.ones(self.vocab_size, dtype=torch.bool)
+        ordinary[list(self.special_ids)] = False
+        return ordinary.nonzero().squeeze(1)
+
+    def held_out(self) -> Masking:
+        """The held-out sequences' masking: the same for every pretrain.seed and pretrain.mask_prob."""
+        return replace(self, prob=VALIDATION_MASK_PROB, seed=VALIDATION_SEED)
 
 
 def masked_batch(sequences: Sequence[np.ndarray], indices: Sequence[int], stream: int, masking: Masking,
@@ -117,8 +133,8 @@ class MaskedLM:
         return masked_batch([self.sequences[i] for i in batch], batch, epoch + 1, self.masking, self.pad_token_id)
 
     def validate(self, model: nn.Module, procs: Processes, precision: str) -> dict:
-        return held_out_loss(model, self.val_sequences, self.masking, self.batch_size, self.pad_token_id, procs,
-                             precision)
+        return held_out_loss(model, self.val_sequences, self.masking.held_out(), self.batch_size, self.pad_token_id,
+                             procs, precision)
 
 
 @torch.no_grad()
@@ -221,10 +237,11 @@ def pretrain(model_dir: str | Path, tokenizer_dir: str | Path, data_dir: str | P
     masking = Masking(params.mask_prob, tokenizer.mask_token_id, len(tokenizer), tuple(tokenizer.all_special_ids),
                       params.seed)
     objective = MaskedLM(sequences, val_sequences, masking, encoder.config.pad_token_id, params.batch_size)
-    identity = run_identity([asdict(params)], {"model": model_dir, "tokenizer": tokenizer_dir, "data": data_dir})
+    identity = pretrain_identity(params, procs.world, {"model": model_dir, "tokenizer": tokenizer_dir,
+                                                       "data": data_dir})
     run = start_run(model, params, params.steps, steps_per_epoch(len(sequences), params, procs), identity,
                     resolve_precision(precision, procs.device), Path(resume_dir), metrics_dir, procs)
-    if not run.resume({"params": "the pretrain.* params", "model": f"the model in {model_dir}",
+    if not run.resume({"params": "the pretrain.* params or train.nproc", "model": f"the model in {model_dir}",
                        "tokenizer": f"the tokenizer in {tokenizer_dir}", "data": f"the tokenized data in {data_dir}"}):
         if lm_head is None:
             if procs.main:
@@ -233,12 +250,26 @@ def pretrain(model_dir: str | Path, tokenizer_dir: str | Path, data_dir: str | P
                       f"{params.head_warmup_lr}) before the held-out loss is first measured", file=sys.stderr)
             warm_up_head(model, objective, params, run.precision)
         run.notes["before"] = objective.validate(model, procs, run.precision)
+    first_step = run.position.step
     train_to_end(run, objective, params, out_dir)
     run.finish(out_dir)
     after = {name.removeprefix("val_"): run.best.metrics[name] for name in ("val_loss", "val_by_position")}
     result = {"before": run.notes["before"], "after": after, "steps": params.steps,
-              "best_step": run.best.metrics["step"], "sequence_length": length, "train_sequences": len(sequences)}
+              "best_step": run.best.metrics["step"], "sequence_length": length, "train_sequences": len(sequences),
+              "precision": run.precision}
     if procs.main:
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
         metrics_file.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return result | {"tokens_trained": tokens_trained(params, params.steps - first_step, procs.world, length)}
+
+
+def pretrain_identity(params: PretrainParams, processes: int, inputs: dict[str, Path]) -> dict[str, str]:
+    """What a pretraining run is (see `run_identity`): its params, its number of processes (which lays out its
+    batches) and its inputs."""
+    return run_identity([asdict(params), {"processes": processes}], inputs)
+
+
+def tokens_trained(params: PretrainParams, steps: int, processes: int, length: int) -> int:
+    """The tokens `steps` optimizer steps take, on all processes together (the last sequence of the split may be
+    shorter: a bound within one sequence a step)."""
+    return steps * params.batch_size * params.grad_accum * processes * length
