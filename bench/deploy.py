@@ -51,8 +51,7 @@ def make_export(directory: Path) -> None:
 def test_reviews(export: Path, count: int, seed: int = 0) -> list[list[int]]:
     """Token ids of `count` random IMDb test reviews, tokenized by the export's tokenizer as predict does."""
     from longformer.hf import load_tokenizer
-    from longformer.pipeline.data import load_raw
-    from longformer.pipeline.predict import tokenize_reviews
+    from longformer.pipeline.data import load_raw, tokenize_reviews
 
     test = load_raw(str(IMDB))["test"]
     texts = test.select(random.Random(seed).sample(range(len(test)), count))["text"]

@@ -16,7 +16,8 @@ from transformers import LongformerForSequenceClassification as HFClassifier
 
 from longformer import HeadConfig, LongformerClassifier, LongformerConfig
 from longformer.hf import rename_hf_state_dict
-from longformer.kernels.onednn import cpu_info, hardware_flags, linear_into, use_onednn
+from longformer.kernels.onednn import linear_into
+from longformer.kernels.paths import cpu_info, hardware_flags, use_onednn
 from longformer.pipeline.allocator import LIBC, M_MMAP_THRESHOLD
 
 ROOT = Path(__file__).resolve().parents[1]

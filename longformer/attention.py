@@ -33,7 +33,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from longformer import kernels
-from longformer.kernels.blocks import BandMasks, gather_rows, padded_length
+from longformer.kernels.blocks import BandMasks, gather_rows, padded_length, query_block
 
 # Not cuDNN's attention: it builds a graph for every new input shape, and IMDb's lengths vary from batch to batch;
 # the memory-efficient kernel takes our masks.
@@ -84,10 +84,7 @@ class AttentionMasks:
     def window_mask(self, one_sided: int) -> tuple[Tensor, int, int]:
         """The reference path's bool window mask (B * blocks, 1, L, L + 2P), L and P: blocks of one_sided queries
         (in the fixed layout, of at most FIXED_LAYOUT_BLOCK), or one dense block for a short input."""
-        block = one_sided
-        while self.fixed_layout and block > FIXED_LAYOUT_BLOCK and block % 2 == 0:
-            block //= 2
-        return self.band.mask(one_sided, block)
+        return self.band.mask(one_sided, query_block(one_sided, FIXED_LAYOUT_BLOCK) if self.fixed_layout else one_sided)
 
     def gather(self, x: Tensor) -> Tensor:
         """x (B, n, ...) -> the rows of the global slots, (B, G, ...)."""

@@ -20,6 +20,12 @@ HEAD_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}  # head.a
 ENCODER_ACTIVATIONS = ("gelu", "relu")  # hidden_act: the names longformer.kernels.ACTIVATIONS computes
 
 
+def roberta_position_offset(pad_token_id: int) -> int:
+    """The position row of the first token in RoBERTa's scheme (RoBERTa's families and transformers' Longformer keep
+    rows 0..pad_token_id for padding); BERT's first token takes row 0."""
+    return pad_token_id + 1
+
+
 def is_integer(value: object, at_least: int | None = None) -> bool:
     """An int (not a bool, which Python counts as one), and at least `at_least` if given."""
     return isinstance(value, int) and not isinstance(value, bool) and (at_least is None or value >= at_least)
@@ -56,7 +62,7 @@ class LongformerConfig:
 
     def __post_init__(self) -> None:
         if self.position_offset is None:
-            self.position_offset = self.pad_token_id + 1
+            self.position_offset = roberta_position_offset(self.pad_token_id)
         if isinstance(self.attention_window, int):
             self.attention_window = [self.attention_window] * self.num_layers
         self.attention_window = list(self.attention_window)
@@ -108,7 +114,7 @@ class LongformerConfig:
             max_position_embeddings=hf["max_position_embeddings"],
             type_vocab_size=hf.get("type_vocab_size", 1),
             pad_token_id=pad_token_id,
-            position_offset=pad_token_id + 1 if family in ROBERTA_FAMILY else 0,
+            position_offset=roberta_position_offset(pad_token_id) if family in ROBERTA_FAMILY else 0,
             layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
             hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
             attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),

@@ -5,7 +5,7 @@
   Longformer the way the Longformer was made from RoBERTa.
 * `save_hf`: our encoder -> a Hugging Face `LongformerModel` directory; `save_hf_masked_lm`: our masked LM -> a
   `LongformerForMaskedLM` directory; `save_hf_classifier`: our classifier -> a `LongformerForSequenceClassification`
-  directory, whose head `read_hf_head` reads back.
+  directory, whose head `convert_hf_classifier` reads back.
 * `load_tokenizer`: a checkpoint directory's tokenizer.
 Our own format (config + safetensors) lives in `longformer.weights`.
 """
@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from longformer.config import BERT_FAMILY, ROBERTA_FAMILY, HeadConfig, LongformerConfig
+from longformer.config import (BERT_FAMILY, ROBERTA_FAMILY, HeadConfig, LongformerConfig,
+                               roberta_position_offset)
 from longformer.errors import (CheckpointError, MissingInputError, PartialExportWarning, WeightsMismatchError,
                                reading)
 
@@ -45,7 +46,7 @@ LAYER_NAMES = {
 QKV_NAMES = ("attention.self.query", "attention.self.key", "attention.self.value")  # fused into our `attn.qkv`
 HF_PREFIX = re.compile(r"^(longformer|roberta|bert)\.")  # task models keep the encoder under one of these
 # Present in Hugging Face checkpoints, unused by the encoder.
-IGNORED = re.compile(r"^(pooler\.|lm_head\.|cls\.|embeddings\.position_ids$)")
+IGNORED = re.compile(r"^(pooler\.|lm_head\.|cls\.|classifier\.|embeddings\.position_ids$)")
 # Masked-LM heads: BERT's (`cls.predictions`) and RoBERTa's or Longformer's (`lm_head`) -> ours (`MaskedLMHead`).
 # Their decoder's weight is the word embeddings and its bias the head's `bias`: tied, not read.
 LM_HEAD_NAMES = {"cls.predictions.transform.dense": "dense", "cls.predictions.transform.LayerNorm": "norm",
@@ -188,18 +189,35 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
     max_length (tokens) and attention_window (one, or one per layer) default to the checkpoint's; a BERT or
     RoBERTa has no window and gets 512. A Longformer cannot be given more positions than it was trained with.
     """
-    checkpoint = str(checkpoint)
+    config, state, lm_head, _ = _convert(str(checkpoint), max_length, attention_window)
+    return config, state, lm_head
+
+
+def convert_hf_classifier(checkpoint: str | Path, max_length: int | None = None,
+                          attention_window: int | list[int] | None = None
+                          ) -> tuple[LongformerConfig, dict[str, Tensor], tuple[HeadConfig, dict[str, Tensor]] | None]:
+    """As `convert_hf_checkpoint`, with the classification head of a RoBERTa-family sequence classifier
+    (`HF_CLASSIFIERS`, what `save_hf_classifier` writes) as our head config and tensors (named as in
+    `ClassificationHead`) in place of a masked-LM head; None for any other checkpoint. The checkpoint is read once."""
+    config, state, _, head = _convert(str(checkpoint), max_length, attention_window)
+    return config, state, head
+
+
+def _convert(checkpoint: str, max_length: int | None, attention_window: int | list[int] | None
+             ) -> tuple[LongformerConfig, dict[str, Tensor], dict[str, Tensor] | None,
+                        tuple[HeadConfig, dict[str, Tensor]] | None]:
+    """The checkpoint, loaded once, as our config, encoder state, masked-LM head and classification head."""
     hf_config = read_hf_config(checkpoint)
     if not getattr(hf_config, "tie_word_embeddings", True):
         raise CheckpointError(f"{checkpoint!r} has a masked-LM decoder of its own (tie_word_embeddings=false); "
                               "only heads whose decoder is the word embeddings can be converted")
-    hf_model, info = load_hf_masked_lm(checkpoint, hf_config)
+    classifier = bool(set(hf_config.architectures or ()) & set(HF_CLASSIFIERS))
+    hf_model, info = load_hf_model(checkpoint, hf_config, classifier)
     missing = set(info.get("missing_keys") or ())
     head_missing = {name for name in missing if name.startswith(LM_HEAD_PREFIXES)}
     # No head at all: every head tensor missing but the decoder's weight, which is the word embeddings.
     head_shipped = [name for name in hf_model.state_dict() if name.startswith(LM_HEAD_PREFIXES)
                     and name not in missing and not name.endswith("decoder.weight")]
-    has_head = not head_missing
     if not head_shipped:
         missing -= head_missing
     problems = [f"missing tensors: {', '.join(sorted(missing))}"] if missing else []
@@ -213,7 +231,7 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
         raise CheckpointError(f"cannot convert {checkpoint!r}: {error}") from error
     hf_state = hf_model.state_dict()
     state = rename_hf_state_dict(hf_state)
-    lm_head = rename_hf_lm_head(hf_state) if has_head else None
+    lm_head = rename_hf_lm_head(hf_state) if head_shipped and not head_missing else None
     if hf_config.model_type == "longformer":
         if max_length is not None and max_length > config.max_length:
             raise CheckpointError(f"{checkpoint!r} is a Longformer trained on {config.max_length} positions; it "
@@ -221,13 +239,20 @@ def convert_hf_checkpoint(checkpoint: str | Path, max_length: int | None = None,
                                   "BERT or RoBERTa checkpoint instead")
     else:
         add_global_projections(state, config.num_layers)
-    return resize(config, state, max_length, attention_window), state, lm_head
+    head = hf_classifier_head(hf_config, hf_state) if classifier else None
+    return resize(config, state, max_length, attention_window), state, lm_head, head
 
 
 def load_hf_masked_lm(checkpoint: str, hf_config):
     """transformers' masked LM of the checkpoint's family, and its loading info: the head's tensors are reported
     missing where the checkpoint ships the encoder alone, and mismatched shapes are reported instead of raised."""
-    from transformers import AutoModelForMaskedLM
+    return load_hf_model(checkpoint, hf_config, classifier=False)
+
+
+def load_hf_model(checkpoint: str, hf_config, classifier: bool):
+    """transformers' sequence classifier (`classifier`) or masked LM of the checkpoint's family, and its loading
+    info, as `load_hf_masked_lm` says."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     verbosity, progress_bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
@@ -236,8 +261,9 @@ def load_hf_masked_lm(checkpoint: str, hf_config):
         hf_logging.disable_progress_bar()
     try:
         with nullcontext() if is_hub_id(checkpoint) else reading(checkpoint):
-            return AutoModelForMaskedLM.from_pretrained(checkpoint, config=hf_config, dtype=torch.float32,
-                                                        output_loading_info=True, ignore_mismatched_sizes=True)
+            auto = AutoModelForSequenceClassification if classifier else AutoModelForMaskedLM
+            return auto.from_pretrained(checkpoint, config=hf_config, dtype=torch.float32, output_loading_info=True,
+                                        ignore_mismatched_sizes=True)
     except OSError as error:  # a hub id's download (a local directory's errors come out of `reading`)
         raise unreachable_error(checkpoint, error) from error
     finally:
@@ -263,7 +289,7 @@ def to_hf_config(config: LongformerConfig, **extra):
     """Our encoder's config as a transformers `LongformerConfig` (extra: e.g. a classifier's labels)."""
     from transformers import LongformerConfig as HFLongformerConfig
 
-    hf_offset = config.pad_token_id + 1  # transformers' Longformer puts the first token at this row
+    hf_offset = roberta_position_offset(config.pad_token_id)  # where transformers' Longformer puts the first token
     return HFLongformerConfig(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
         num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
@@ -277,10 +303,10 @@ def to_hf_config(config: LongformerConfig, **extra):
 def to_hf_encoder_state(config: LongformerConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Our encoder's tensors as transformers' `LongformerModel` holds them."""
     hf_state = to_hf_state_dict(state)
-    # Hugging Face's Longformer puts the first token at row pad_token_id + 1 (RoBERTa's scheme): move a table
-    # that starts elsewhere (BERT's, at 0) there, with zero rows for padding below it.
+    # Hugging Face's Longformer counts positions as RoBERTa does: move a table that starts elsewhere (BERT's, at 0)
+    # there, with zero rows for padding below it.
     table = state["embeddings.position.weight"]
-    hf_offset = config.pad_token_id + 1
+    hf_offset = roberta_position_offset(config.pad_token_id)
     head = (table[:hf_offset] if config.position_offset == hf_offset
             else table.new_zeros(hf_offset, table.shape[1]))
     hf_state["embeddings.position_embeddings.weight"] = torch.cat([head, table[config.position_offset:]])
@@ -367,7 +393,7 @@ def save_hf_classifier(config: LongformerConfig, state: dict[str, Tensor], head:
         save_hf(config, encoder, directory, tokenizer, tokenizer_max_length)
         return False
     labels = labels or [f"LABEL_{i}" for i in range(head.num_labels)]
-    # classifier_dropout: the head's own dropout, read back by read_hf_head (transformers' Longformer trains its head
+    # classifier_dropout: the head's own dropout, read back by hf_classifier_head (transformers' Longformer trains its head
     # with hidden_dropout_prob; dropout does nothing at inference)
     model = LongformerForSequenceClassification(to_hf_config(
         config, num_labels=head.num_labels, id2label=dict(enumerate(labels)),
@@ -381,20 +407,11 @@ def save_hf_classifier(config: LongformerConfig, state: dict[str, Tensor], head:
     return True
 
 
-def read_hf_head(checkpoint: str | Path) -> tuple[HeadConfig, dict[str, Tensor]] | None:
-    """The classification head of a Hugging Face RoBERTa-family sequence classifier (`HF_CLASSIFIERS`) as our head
-    config and tensors (named as in `ClassificationHead`); None for a checkpoint without one."""
-    from transformers import AutoModelForSequenceClassification
-
-    checkpoint = str(checkpoint)
-    hf_config = read_hf_config(checkpoint)
-    if not set(hf_config.architectures or ()) & set(HF_CLASSIFIERS):
-        return None
-    with nullcontext() if is_hub_id(checkpoint) else reading(checkpoint):
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint, dtype=torch.float32)
+def hf_classifier_head(hf_config, hf_state: dict[str, Tensor]) -> tuple[HeadConfig, dict[str, Tensor]]:
+    """The classification head of a RoBERTa-family sequence classifier's state dict, as our head config and tensors
+    (named as in `ClassificationHead`)."""
     dropout = getattr(hf_config, "classifier_dropout", None)
     head = HeadConfig(dim=hf_config.hidden_size, activation="tanh", num_labels=hf_config.num_labels,
                       dropout=hf_config.hidden_dropout_prob if dropout is None else dropout)
-    classifier = model.state_dict()
-    return head, {f"{ours}.{kind}": classifier[f"{theirs}.{kind}"]
+    return head, {f"{ours}.{kind}": hf_state[f"{theirs}.{kind}"]
                   for theirs, ours in HF_HEAD_NAMES.items() for kind in ("weight", "bias")}

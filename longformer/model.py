@@ -206,9 +206,9 @@ class LongformerClassifier(nn.Module):
         """A classifier around `LongformerModel.from_hf(checkpoint, max_length, attention_window)`. A sequence
         classifier's checkpoint (what `save_hf` writes) brings its trained head, unless `head` asks for a new one;
         any other checkpoint gets a freshly initialised `head` (default: HeadConfig())."""
-        encoder = LongformerModel.from_hf(checkpoint, max_length, attention_window)
-        trained = None if head else hf.read_hf_head(checkpoint)
-        if trained is None:
+        config, state, trained = hf.convert_hf_classifier(checkpoint, max_length, attention_window)
+        encoder = load_state_dict_strict(LongformerModel(config), state)
+        if head or trained is None:
             return cls.from_encoder(encoder, head)
         model = cls.from_encoder(encoder, trained[0])
         load_state_dict_strict(model.head, trained[1])

@@ -30,9 +30,9 @@ def path(request, monkeypatch):
     from contextlib import nullcontext
 
     from longformer import kernels
-    from longformer.kernels import onednn
+    from longformer.kernels import paths
 
-    monkeypatch.setattr(onednn, "onednn_fp32_is_faster", lambda: request.param == "kernels-onednn")
+    monkeypatch.setattr(paths, "onednn_fp32_is_faster", lambda: request.param == "kernels-onednn")
     with kernels.disabled() if request.param == "reference" else nullcontext():
         yield request.param
 
@@ -41,9 +41,9 @@ def path(request, monkeypatch):
 def bf16_cpu(request, monkeypatch):
     """Decide as a CPU that computes bf16 natively (the kernels run under bf16 autocast), with the bf16 products
     computed by this processor (natively where it can, else emulated), then emulated whatever the processor."""
-    from longformer.kernels import onednn
+    from longformer.kernels import paths
 
-    monkeypatch.setenv(onednn.FLAGS_VARIABLE, " ".join(sorted(ZEN4)))
+    monkeypatch.setenv(paths.FLAGS_VARIABLE, " ".join(sorted(ZEN4)))
     if request.param == "emulated":
-        monkeypatch.setattr(onednn, "hardware_flags", lambda: frozenset(ZEN3))
+        monkeypatch.setattr(paths, "hardware_flags", lambda: frozenset(ZEN3))
     return request.param

@@ -69,8 +69,8 @@ def test_bad_params_are_named_with_the_fix(group, key, value, message):
 
 @pytest.mark.parametrize("changes, message", [
     ({}, "model.checkpoint=minilm is a pretrained encoder, and train.lr=0.0005, pretrain.lr=0.0005 would undo its "
-         "pretraining (rates above 0.0001 are for the offline default's random encoder): set -S train.lr=5e-05 "
-         "-S pretrain.lr=3e-05 (or -S pretrain.steps=0)"),
+         "pretraining (rates above 0.0001 are for the offline default's random encoder): set -S train.lr=5e-05 and "
+         "-S pretrain.steps=0 (or pretrain.lr at most 1e-4)"),
     ({"train": {"lr": 5e-5}}, "and pretrain.lr=0.0005 would undo its pretraining"),
 ])
 def test_a_pretrained_encoder_at_the_random_encoders_rates_is_stopped(changes, message):

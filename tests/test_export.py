@@ -90,10 +90,15 @@ def test_a_head_transformers_cannot_express_exports_the_encoder_with_a_warning(r
                                rtol=0, atol=1e-5)
 
 
-def test_tanh_head_round_trip_through_transformers(tmp_path):
+def test_tanh_head_round_trip_through_transformers(tmp_path, monkeypatch):
     """save_hf -> transformers' LongformerForSequenceClassification gives our logits, with our label names;
-    from_hf reads the trained head back."""
+    from_hf reads the trained head back, loading the checkpoint once."""
     from transformers import LongformerForSequenceClassification
+
+    from longformer import hf
+
+    loads = []
+    monkeypatch.setattr(hf, "load_hf_model", lambda *args, real=hf.load_hf_model: loads.append(args) or real(*args))
 
     torch.manual_seed(1)
     ours = LongformerClassifier(LongformerConfig(**CONFIG), HeadConfig(dim=0, dropout=0.2)).eval()
@@ -109,7 +114,7 @@ def test_tanh_head_round_trip_through_transformers(tmp_path):
         torch.testing.assert_close(theirs(input_ids, attention_mask=attention_mask).logits, expected, rtol=0,
                                    atol=1e-5)
         again = LongformerClassifier.from_hf(tmp_path).eval()
-        assert again.head_config == ours.head_config
+        assert again.head_config == ours.head_config and len(loads) == 1
         torch.testing.assert_close(again(input_ids, attention_mask), expected, rtol=0, atol=1e-6)
         fresh = LongformerClassifier.from_hf(tmp_path, HeadConfig(dim=8))  # asking for a head: a new one
         assert fresh.head.dense.weight.shape == (8, 32)
@@ -153,7 +158,8 @@ def test_minilm_classifier_in_transformers_pipeline_on_real_reviews(tmp_path):
 # The model card says what the export holds and how it was made.
 
 SUMMARY = {"max_length": 200, **{split: {"reviews": 10, "truncated": 1} for split in ("train", "validation", "test")}}
-SOURCE = {"model_type": "bert", "max_position_embeddings": 64}
+SOURCE = {"model_type": "bert", "vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
+          "intermediate_size": 64, "max_position_embeddings": 64}  # the downloaded checkpoint's config.json
 PRETRAINED = {"steps": 48, "sequence_length": 200, "best_step": 40, "precision": "bf16",
               "before": {"loss": 6.754}, "after": {"loss": 5.389}}
 
@@ -182,6 +188,7 @@ def test_a_card_with_the_head_is_a_classifier(tmp_path):
 
 def test_the_card_says_how_the_base_model_was_pretrained_and_the_precision_of_the_metrics(relu_classifier):
     text = " ".join(card(relu_classifier, PRETRAINED, head_written=False).split())
+    assert "its 64 position embeddings copied over and over up to 200 positions" in text
     assert "Then 48 steps of masked-LM pretraining on the training texts" in text
     assert "held-out masked-LM loss 6.7540 -> 5.3890" in text and "No masked-LM pretraining" not in text
     assert "the classifier computing in bf16" in text

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longformer.kernels import onednn
-from longformer.kernels.onednn import (hardware_flags, linear, linear_activation, linear_add, linear_into, native_bf16,
-                                       use_onednn, weight_grad)
+from longformer.kernels import onednn, paths
+from longformer.kernels.onednn import linear, linear_activation, linear_add, linear_into, weight_grad
+from longformer.kernels.paths import hardware_flags, native_bf16, use_onednn
 from tests.helpers import SAPPHIRE_RAPIDS, SKYLAKE, ZEN3, ZEN4
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason
 @pytest.fixture(autouse=True)
 def fp32_on_onednn(monkeypatch):
     """oneDNN's fp32 path on every CPU: where it is not the faster library (AVX2 alone) it still computes."""
-    monkeypatch.setattr(onednn, "onednn_fp32_is_faster", lambda: True)
+    monkeypatch.setattr(paths, "onednn_fp32_is_faster", lambda: True)
 
 # (rows, in, out): one part, and more rows than a part of linear_into (512) or weight_grad (1024), with the weight
 # gradient's wide orientation on either side
@@ -32,7 +32,7 @@ def assert_close_to(actual: torch.Tensor, exact: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("flags, bf16", [(ZEN3, False), (SKYLAKE, False), (ZEN4, True), (SAPPHIRE_RAPIDS, True)])
 def test_onednn_is_used_for_fp32_and_native_bf16_on_the_cpu_only(monkeypatch, flags, bf16):
-    monkeypatch.setenv(onednn.FLAGS_VARIABLE, " ".join(flags))
+    monkeypatch.setenv(paths.FLAGS_VARIABLE, " ".join(flags))
     x = torch.ones(2, 3)
     assert use_onednn(x)
     assert not use_onednn(x.double())  # float64 (gradchecks): PyTorch's own ops
@@ -46,7 +46,7 @@ def test_onednn_is_used_for_fp32_and_native_bf16_on_the_cpu_only(monkeypatch, fl
 @pytest.mark.parametrize("flags, expected", [({"avx2", "fma"}, False), ({"avx2", "avx512f", "avx512bw"}, True)])
 def test_fp32_runs_on_onednn_where_the_cpu_has_avx512(monkeypatch, flags, expected):
     monkeypatch.undo()  # the real onednn_fp32_is_faster, on faked flags
-    monkeypatch.setattr(onednn, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(paths, "cpu_flags", lambda: frozenset(flags))
     assert use_onednn(torch.ones(2, 3)) == expected
 
 
@@ -118,7 +118,7 @@ def test_the_products_run_on_onednn_forward_and_backward():
 def test_the_flags_do_not_change_which_library_runs_where_the_processor_cannot(monkeypatch, activation):
     """fp32 on MKL where the flags have no AVX-512: the same products, to fp32 rounding."""
     monkeypatch.undo()
-    monkeypatch.setenv(onednn.FLAGS_VARIABLE, " ".join(ZEN3))
+    monkeypatch.setenv(paths.FLAGS_VARIABLE, " ".join(ZEN3))
     gen = torch.Generator().manual_seed(2)
     x, weight, bias = torch.randn(300, 48, generator=gen), torch.randn(96, 48, generator=gen), torch.randn(96)
     assert not use_onednn(x)
@@ -181,10 +181,10 @@ def test_bf16_linear_backward_matches_float64(bf16_cpu):
                                                                "needs one with avx512_bf16 or amx_bf16")
 def test_emulated_bf16_products_equal_the_native_ones_to_one_rounding(monkeypatch):
     x, weight, bias, other = bf16_operands(700, 96, 48, seed=4)
-    monkeypatch.setenv(onednn.FLAGS_VARIABLE, " ".join(ZEN4))  # bf16 on oneDNN, whatever the suite runs as
+    monkeypatch.setenv(paths.FLAGS_VARIABLE, " ".join(ZEN4))  # bf16 on oneDNN, whatever the suite runs as
     with torch.no_grad():
         native = [linear_activation(x, weight, bias, "gelu"), linear_add(x, weight, bias, other)]
-        monkeypatch.setattr(onednn, "hardware_flags", lambda: frozenset(ZEN3))  # the same, on a processor without
+        monkeypatch.setattr(paths, "hardware_flags", lambda: frozenset(ZEN3))  # the same, on a processor without
         emulated = [linear_activation(x, weight, bias, "gelu"), linear_add(x, weight, bias, other)]
     for a, b in zip(native, emulated):
         torch.testing.assert_close(a.double(), b.double(), rtol=2**-7, atol=1e-5 * b.abs().max().item())

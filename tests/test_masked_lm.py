@@ -12,7 +12,7 @@ from longformer.errors import CheckpointError
 from longformer.hf import to_hf_state_dict
 from longformer.model import LongformerForMaskedLM
 from longformer.pipeline.step import NOT_PREDICTED, masked_lm_loss
-from tests.helpers import grads, small_hf_config
+from tests.helpers import grads, relative_error, small_hf_config
 from tests.test_parity import make_batch
 
 
@@ -67,8 +67,7 @@ def test_logits_and_loss_match_transformers(hf_masked_lm_checkpoint, n, globals_
         reference = theirs[name]
         if name.endswith(("key.bias", "key_global.bias")):  # softmax ignores a key bias: its gradient is noise
             continue
-        errors[name] = ((actual - reference).norm() / reference.norm()).item() if reference.norm() > 0 \
-            else actual.norm().item()
+        errors[name] = relative_error(actual, reference)
     assert max(errors.values()) <= 1e-4, sorted(errors.items(), key=lambda kv: -kv[1])[:5]
     # the tied decoder: the word embeddings' gradient has both the input's and the output's part
     assert errors["longformer.embeddings.word_embeddings.weight"] <= 1e-4

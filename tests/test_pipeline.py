@@ -68,6 +68,7 @@ def stages_run(log: str) -> set[str]:
 def test_dvc_repro_then_experiment(project):
     log = sh("dvc repro", project)
     assert stages_run(log) == {"download", "convert", "tokenize", "baseline", "pretrain", "train", "evaluate", "export"}
+    assert "WARNING" not in log, log
     test = json.loads((project / "metrics/test.json").read_text())
     assert test["accuracy"] >= 0.9 and 0 < test["loss"] < math.log(2) and test["f1"] >= 0.9
     assert test["reviews"] == 1000
@@ -107,6 +108,9 @@ def test_dvc_repro_then_experiment(project):
     assert "metrics/test.json" in diff
     sh("dvc plots diff HEAD -o plots_html", project)
     assert (project / "plots_html/index.html").is_file()
+    assert "WARNING" not in log, log
+    log = sh("dvc exp run pretrain -S pretrain.steps=0", project)  # the documented recipes skip pretraining
+    assert stages_run(log) == {"pretrain"} and "WARNING" not in log, log
 
 
 def edits_make_only_the_stages_that_run_them_stale(project: Path) -> None:

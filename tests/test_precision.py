@@ -8,7 +8,7 @@ import torch
 
 from longformer import LongformerConfig, LongformerModel, kernels
 from longformer.errors import ConfigError
-from longformer.kernels import onednn
+from longformer.kernels import onednn, paths
 from longformer.pipeline.loop import Best, Position, ResumeState
 from longformer.pipeline.precision import resolve_precision
 from tests.helpers import SAPPHIRE_RAPIDS, SKYLAKE, ZEN3, ZEN4, relative_error
@@ -34,7 +34,7 @@ def test_auto_is_bf16_on_cuda_and_explicit_precisions_stand():
 @pytest.mark.parametrize("flags, expected", [("avx2 fma", "fp32"), ("avx2,avx512f,avx512_bf16", "bf16")])
 def test_the_flags_variable_decides_as_that_cpu(monkeypatch, flags, expected):
     """LONGFORMER_CPU_FLAGS replaces the processor's flags in every decision (how the suite runs as another CPU)."""
-    monkeypatch.setenv(onednn.FLAGS_VARIABLE, flags)
+    monkeypatch.setenv(paths.FLAGS_VARIABLE, flags)
     assert resolve_precision("auto", CPU) == expected
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert kernels.enabled(torch.zeros(1)) == (expected == "bf16")
@@ -44,11 +44,11 @@ def test_without_native_bf16_autocast_runs_the_reference_path(monkeypatch):
     """On a CPU without native bf16 the kernels stay fp32: under bf16 autocast the model takes the reference path
     (PyTorch's own bf16 ops), and auto never asks for it."""
     x = torch.zeros(2, 3)
-    monkeypatch.setattr(onednn, "cpu_flags", lambda: frozenset(ZEN3))
+    monkeypatch.setattr(paths, "cpu_flags", lambda: frozenset(ZEN3))
     assert kernels.enabled(x) and resolve_precision("auto", CPU) == "fp32"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not kernels.enabled(x)
-    monkeypatch.setattr(onednn, "cpu_flags", lambda: frozenset(ZEN4))
+    monkeypatch.setattr(paths, "cpu_flags", lambda: frozenset(ZEN4))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert kernels.enabled(x)
 

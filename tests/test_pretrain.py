@@ -197,6 +197,7 @@ def test_no_steps_passes_the_converted_model_on(inputs, tmp_path):
     for name in ("config.json", "model.safetensors", "lm_head.safetensors"):
         assert (tmp_path / "data/pretrained" / name).read_bytes() == (inputs / "data/model" / name).read_bytes()
     assert json.loads((tmp_path / "metrics/pretrain.json").read_text()) == {"steps": 0}
+    assert (tmp_path / "metrics/pretrain/plots/metrics/train/loss.tsv").read_text() == "step\tloss\n"  # not empty
 
 
 def fails_cleanly(workdir: Path, inputs: Path, pretrain: dict) -> str:

@@ -58,3 +58,18 @@ def test_documented_experiments_set_valid_params(where, overrides):
         assert name in shipped[group], f"{where}: -S {key}: no such parameter"
         for value in values.split(","):
             parse_params(with_overrides(shipped, firsts + [(key, value)]))
+
+
+def test_the_readme_is_a_guide_of_at_most_300_lines():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 300
+
+
+def test_the_performance_table_is_the_one_its_json_files_give():
+    """The README's performance table is what `bench.readme_table` prints for the files its command names."""
+    from bench.readme_table import table
+
+    readme = (ROOT / "README.md").read_text()
+    command = readme[readme.index("-m bench.readme_table"):].split("```")[0].replace("\\\n", " ")
+    files = [ROOT / name for name in command.split()[2:]]  # after "-m bench.readme_table"
+    assert files and all(path.is_file() for path in files), files
+    assert table(files) in readme

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longformer.kernels.blocks import BandMasks, gather_rows, padded_length
+from longformer.kernels.blocks import BandMasks, gather_rows, padded_length, query_block
 from longformer.kernels.dropout import keep_mask, words_for
-from longformer.kernels.onednn import compute_dtype, linear_into, mm, weight_grad, without_autocast
+from longformer.kernels.onednn import linear_into, mm, weight_grad, without_autocast
+from longformer.kernels.paths import compute_dtype
 
 _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call: its window gradients stay small
 # Queries per block, at most (see _query_block), per path: a smaller block computes fewer scores outside the band
@@ -54,21 +55,18 @@ def _accumulation(dtype: torch.dtype) -> torch.dtype:
 
 
 def _query_block(one_sided: int, dropout_p: float, dtype: torch.dtype = torch.float32) -> int:
-    """Queries per block of `BandedAttention`: the largest divisor of one_sided (halving it) of at most the block
-    its path takes. A block of L queries computes L + 2P scores per query where the band needs 2P + 1, so smaller
-    blocks waste less; but the flash kernels' products get smaller too, and in backward that costs more below
-    128 queries than it saves."""
+    """Queries per block of `BandedAttention` (`query_block`), at most the block its path takes: smaller blocks
+    compute fewer scores outside the band, but the flash kernels' products get smaller too, and in backward that
+    costs more below 128 queries than it saves."""
     training = _TRAINING_BLOCK_BF16 if dtype == torch.bfloat16 else _TRAINING_BLOCK
-    most = _DROPOUT_BLOCK if dropout_p else training if torch.is_grad_enabled() else _FORWARD_BLOCK
-    block = one_sided
-    while block > most and block % 2 == 0:
-        block //= 2
-    return block
+    return query_block(one_sided, _DROPOUT_BLOCK if dropout_p else training if torch.is_grad_enabled()
+                       else _FORWARD_BLOCK)
 
 
 class BandedAttention(torch.autograd.Function):
     """The q/k/v projection, then window + global-key attention on PyTorch's CPU flash-attention kernels (or, with
-    attention dropout, which those kernels lack, on the same layout one block at a time: `_window_dropout_*`).
+    attention dropout, which those kernels lack, on the same layout one block at a time: `_window_dropout_*`). The
+    picture of the layout and the invariants forward and backward share: docs/kernels.md.
 
     Tokens are laid out as rows: the batch's sequences (each padded to a multiple of the block L) end to end,
     with P zero rows before and after, so block t's L + 2P keys are rows [t L, t L + L + 2P): an

@@ -16,6 +16,16 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index.expand(-1, -1, *x.shape[2:]))
 
 
+def query_block(one_sided: int, most: int) -> int:
+    """Queries per block for a window of one_sided keys per side: one_sided halved while it is above `most` and even.
+    A block of L queries computes L + 2P scores per query where the band needs 2P + 1, so smaller blocks waste less;
+    a divisor of one_sided keeps the blocks' band masks alike."""
+    block = one_sided
+    while block > most and block % 2 == 0:
+        block //= 2
+    return block
+
+
 def padded_length(n: int, block: int) -> int:
     """n rounded up to a multiple of block (a ceil with no negative operand: ONNX truncates integer division)."""
     return (n + block - 1) // block * block

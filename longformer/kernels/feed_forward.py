@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from longformer.kernels.dropout import dropout
-from longformer.kernels.onednn import (cast, compute_dtype, linear, linear_activation, linear_add, linear_into,
-                                       row_parts, weight_grad, without_autocast)
+from longformer.kernels.onednn import (cast, linear, linear_activation, linear_add, linear_into, row_parts,
+                                       weight_grad, without_autocast)
+from longformer.kernels.paths import compute_dtype
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # the encoder's activations by name; gelu is the exact (erf) one
 _CHUNK_ROWS = 512  # tokens per part of the feed-forward's forward: its (rows, 4 D) activations stay in cache

@@ -3,28 +3,26 @@
 PyTorch's CPU matmul is MKL's, which picks its code by the processor's vendor; oneDNN, in every x86 PyTorch build,
 picks its kernels by the instructions the CPU has (AVX-512 where there is one). Which is faster depends on the CPU:
 `bench/bench.py` prints both rates and docs/performance.md compares them. Where oneDNN does not apply (float64 in
-gradchecks, autocast, oneDNN switched off, fp32 on a CPU without AVX-512: see `use_onednn`) each function falls
+gradchecks, autocast, oneDNN switched off, fp32 on a CPU without AVX-512: `paths.use_onednn`) each function falls
 back to PyTorch's own op.
 
 In bf16 the products take the weights as bf16 copies (`cast`, one per forward and its backward) and accumulate in fp32
 (oneDNN does); a weight's gradient is summed in fp32 and returned in the weight's own dtype.
 
-Every decision here reads the CPU's flags through `cpu_flags`, which `LONGFORMER_CPU_FLAGS` replaces (the tests run
-"as a bf16-native CPU" or "as a Zen 3" on any machine). Where the flags say bf16 but the processor itself lacks it, the
-bf16 products are emulated (`_emulated`: fp32 products of the bf16 operands, rounded to bf16 as oneDNN rounds its
-output): the same numbers, only slower.
+Which library computes is decided in `longformer.kernels.paths`. Where the CPU's flags say bf16 (faked, in the
+tests) but the processor itself lacks it, the bf16 products are emulated (`_emulated`: fp32 products of the bf16
+operands, rounded to bf16 as oneDNN rounds its output): the same numbers, only slower.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import weakref
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from longformer.kernels.paths import compute_dtype, hardware_flags, native_bf16, use_onednn
 
 _OUT_CHUNK_ROWS = 512  # rows per product in linear_into: a fresh output that large would page-fault
 _WEIGHT_GRAD_CHUNK_ROWS = 1024  # rows per product in weight_grad (see there)
@@ -33,68 +31,6 @@ _WEIGHT_GRAD_CHUNK_ROWS = 1024  # rows per product in weight_grad (see there)
 def row_parts(rows: int, size: int) -> list[slice]:
     """Slices of `size` rows (the last one shorter) covering `rows` rows: for work a part of the rows at a time."""
     return [slice(first, first + size) for first in range(0, rows, size)]
-
-
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo's names of the instructions that compute bf16
-
-
-@functools.cache
-def cpu_info() -> dict[str, str]:
-    """The first processor's fields in /proc/cpuinfo ("model name", "cpu family", "model", "flags", ...); none where
-    there is no such file."""
-    info: dict[str, str] = {}
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    return info
-
-
-FLAGS_VARIABLE = "LONGFORMER_CPU_FLAGS"  # flags to decide by instead of the processor's: "avx2 avx512f avx512_bf16"
-
-
-@functools.cache
-def hardware_flags() -> frozenset[str]:
-    """The processor's own feature flags (/proc/cpuinfo's names: "avx2", "avx512f", "amx_bf16", ...)."""
-    return frozenset(cpu_info().get("flags", "").split())
-
-
-def cpu_flags() -> frozenset[str]:
-    """The flags every decision here reads: the processor's, or those `LONGFORMER_CPU_FLAGS` names (spaces or commas
-    between them) in their place."""
-    faked = os.environ.get(FLAGS_VARIABLE)
-    return hardware_flags() if faked is None else frozenset(faked.replace(",", " ").split())
-
-
-def native_bf16(flags: frozenset[str] | set[str] | None = None) -> bool:
-    """Whether the CPU (with these flags; default: this one's) computes bf16 products natively, at about twice its
-    fp32 rate or more. Elsewhere bf16 is emulated or, on AVX2 alone, not on oneDNN at all."""
-    return any(flag in (cpu_flags() if flags is None else flags) for flag in NATIVE_BF16_FLAGS)
-
-
-def computes(dtype: torch.dtype) -> bool:
-    """Whether oneDNN computes products in `dtype` here: fp32, or bf16 where the CPU does natively."""
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and native_bf16())
-
-
-def onednn_fp32_is_faster() -> bool:
-    """Whether oneDNN's fp32 products beat PyTorch's (MKL's) here: on CPUs with AVX-512. With AVX2 alone oneDNN runs
-    a product with a transposed operand (every product of a backward) at about half MKL's rate."""
-    return "avx512f" in cpu_flags()
-
-
-def use_onednn(x: Tensor) -> bool:
-    """Whether x's products run on oneDNN here: on the CPU, in a dtype it `computes` (fp32 only where it is the
-    faster library), without autocast (which picks the dtypes itself; the kernels turn it off and cast themselves)."""
-    return (x.device.type == "cpu" and computes(x.dtype) and (x.dtype != torch.float32 or onednn_fp32_is_faster())
-            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled)
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype x's products run in: autocast's where autocast is on for x's device, else x's own."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def without_autocast():

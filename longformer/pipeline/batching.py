@@ -42,9 +42,14 @@ def collate(rows: Sequence[Sequence[int]], labels: Sequence[int], pad_token_id: 
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.as_tensor(labels)}
 
 
+def inference_order(lengths: Sequence[int], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Batches of indices sorted by length, for inference (validation, tests, predictions): process `rank` of `world`
+    gets every world-th batch."""
+    return length_bucketed_batches(lengths, batch_size, shuffle=False)[rank::world]
+
+
 def inference_batches(rows: Sequence[Sequence[int]], batch_size: int, pad_token_id: int, rank: int = 0,
                       world: int = 1) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
-    """(indices, input_ids and attention_mask) of batches sorted by length, for inference; process `rank` of `world`
-    gets every world-th batch."""
-    for batch in length_bucketed_batches([len(r) for r in rows], batch_size, shuffle=False)[rank::world]:
+    """(indices, input_ids and attention_mask) of `inference_order`'s batches."""
+    for batch in inference_order([len(r) for r in rows], batch_size, rank, world):
         yield batch, collate([rows[i] for i in batch], [0] * len(batch), pad_token_id)

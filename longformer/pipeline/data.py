@@ -4,6 +4,7 @@ output."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,16 @@ def truncate(ids: list[int], max_length: int) -> list[int]:
     return ids if len(ids) <= max_length else ids[:max_length - 1] + ids[-1:]
 
 
+def token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Each review's token ids, special tokens added, whole (`truncate` cuts them)."""
+    return tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+
+
+def tokenize_reviews(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids as the tokenize stage makes them: special tokens added, at most max_length, the last one kept."""
+    return [truncate(ids, max_length) for ids in token_ids(tokenizer, texts)]
+
+
 def tokenize(raw: DatasetDict, tokenizer, params: DataParams, model_max_length: int) -> tuple[DatasetDict, dict]:
     """Raw text -> train / validation / test with `input_ids` (truncated to max_length), `label` and `text`."""
     if params.max_length > model_max_length:
@@ -127,7 +138,7 @@ def tokenize(raw: DatasetDict, tokenizer, params: DataParams, model_max_length: 
     for split, (source, index) in parts.items():
         split_texts = texts[source] if index is None else [texts[source][i] for i in index]
         split_labels = labels[source] if index is None else labels[source][index]
-        full = tokenizer(split_texts, add_special_tokens=True, verbose=False)["input_ids"]  # truncated below
+        full = token_ids(tokenizer, split_texts)  # truncated below
         lengths = np.array([len(ids) for ids in full])
         ids = [truncate(x, params.max_length) for x in full]
         # The text stays beside its tokens: baselines and error analysis read exactly these reviews.

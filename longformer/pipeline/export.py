@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from longformer.config import HeadConfig, LongformerConfig
 from longformer.errors import ConfigError, MissingInputError, PartialExportWarning, reading, written_by
 from longformer.hf import is_hub_id
 from longformer.model import LongformerClassifier
@@ -100,9 +101,9 @@ def how_made_long(source: dict, classifier: LongformerClassifier, pretrained: di
     if family == "longformer":
         made = f"a Longformer checkpoint, converted as it is: {config.max_length} tokens, {window_text}."
     else:
-        source_length = source["max_position_embeddings"] - (config.position_offset or 0)
         made = (f"a {family} checkpoint made long the way the Longformer was made from RoBERTa (Beltagy et al., "
-                f"2020, section 5): its {source_length} position embeddings copied over and over up to "
+                f"2020, section 5): its {LongformerConfig.from_hf_dict(source).max_length} position embeddings "
+                f"copied over and over up to "
                 f"{config.max_length} positions, the global query/key/value projections started as copies of the "
                 f"local ones, {window_text}.")
     return f"{made} {how_pretrained(pretrained)}"
@@ -191,13 +192,13 @@ def computed_in(metrics: dict) -> str:
             f"resolved it; {exports})")
 
 
-def what_it_is(config, head, labels: str, head_written: bool) -> str:
+def what_it_is(config: LongformerConfig, head: HeadConfig, labels: str, head_written: bool) -> str:
     """The card's opening: what `hf/` holds and how to run it, and the ONNX file beside it."""
     onnx = (f"`../model.onnx` is the whole classifier for onnxruntime: `input_ids` and `attention_mask` (int64, batch "
             f"x length, any length up to {config.max_length}) in, `logits` out (labels: {labels}).")
     if not head_written:
-        return f"""This directory holds the **encoder only**: a transformers `LongformerModel` ({config.num_layers} layers,
-hidden {config.hidden_size}), with no classification head. The classifier was trained with the head
+        return f"""This directory holds the **encoder only**: a transformers `LongformerModel`
+({config.num_layers} layers, hidden {config.hidden_size}), with no classification head. The classifier was trained with the head
 Linear({config.hidden_size}, {head.dim}) -> {head.activation} -> Linear({head.dim}, {head.num_labels}), which
 transformers' Longformer head (dense(hidden -> hidden) -> tanh -> out_proj) cannot hold; a `text-classification`
 pipeline on this directory would put a random head on it. {onnx}
@@ -206,8 +207,8 @@ pipeline on this directory would put a random head on it. {onnx}
 from transformers import AutoModel
 encoder = AutoModel.from_pretrained("path/to/hf")  # features: last_hidden_state
 ```"""
-    return f"""A long-document classifier: a Longformer encoder ({config.num_layers} layers, hidden {config.hidden_size}) with a
-classification head on the first token, which has global attention. Labels: {labels}.
+    return f"""A long-document classifier: a Longformer encoder ({config.num_layers} layers, hidden
+{config.hidden_size}) with a classification head on the first token, which has global attention. Labels: {labels}.
 
 ```python
 from transformers import pipeline

@@ -336,11 +336,9 @@ def take_step(run: Run, objective: Objective, batches: list[dict[str, Tensor]], 
               max_grad_norm: float) -> float:
     """One optimizer step over this process's batches; the loss averaged over the processes. A non-finite loss
     stops the run with the best weights so far in out_dir."""
-    device = run.procs.device
-    batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
     try:
-        loss = optimizer_step(run.forward, batches, run.optimizer, run.scheduler, objective.loss, max_grad_norm,
-                              autocast=lambda: autocast(device, run.precision))
+        loss = step_on(run.procs.device, run.precision, run.forward, batches, run.optimizer, run.scheduler,
+                       objective.loss, max_grad_norm)
     except NonFiniteLossError as error:
         if run.procs.main:
             run.best.write(run.model, out_dir)
@@ -352,6 +350,15 @@ def take_step(run: Run, objective: Objective, batches: list[dict[str, Tensor]], 
     run.position.step += 1
     run.position.group += 1
     return run.procs.mean(loss)
+
+
+def step_on(device: torch.device, precision: str, model: nn.Module, batches: list[dict[str, Tensor]],
+            optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+            loss_of: LossFunction, max_grad_norm: float) -> float:
+    """`optimizer_step` with the batches moved to `device` and the forward computed in `precision` (resolved)."""
+    batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
+    return optimizer_step(model, batches, optimizer, scheduler, loss_of, max_grad_norm,
+                          autocast=lambda: autocast(device, precision))
 
 
 def validate(run: Run, objective: Objective) -> None:

@@ -19,7 +19,8 @@ RANDOM_CHECKPOINT = "tiny"  # the offline default's encoder, the only one that s
 # The highest learning rate a pretrained encoder is trained at: above it, the tiny random encoder's rates (5e-4, the
 # offline default's) undo the pretraining, quietly (minilm, 2,000 IMDb reviews: 3 points of accuracy lost).
 PRETRAINED_MAX_LR = 1e-4
-PRETRAINED_LRS = {"train.lr": 5e-5, "pretrain.lr": 3e-5}  # what to set instead: the README's and the paper's rates
+# What to set instead: the README's fine-tuning rate, and no pretraining (the README's recipes), or a rate within bounds
+PRETRAINED_FIXES = {"train.lr": "-S train.lr=5e-05", "pretrain.lr": "-S pretrain.steps=0 (or pretrain.lr at most 1e-4)"}
 
 
 @dataclass
@@ -190,11 +191,10 @@ class Params:
         too_high = [name for name, rate in rates.items() if rate > PRETRAINED_MAX_LR]
         if too_high:
             found = ", ".join(f"{name}={rates[name]:g}" for name in too_high)
-            fixes = " ".join(f"-S {name}={PRETRAINED_LRS[name]:g}" for name in too_high)
-            skip = " (or -S pretrain.steps=0)" if "pretrain.lr" in too_high else ""
+            fixes = " and ".join(PRETRAINED_FIXES[name] for name in too_high)
             raise ConfigError(f"model.checkpoint={self.model.checkpoint} is a pretrained encoder, and {found} would "
                               f"undo its pretraining (rates above {PRETRAINED_MAX_LR:g} are for the offline default's "
-                              f"random encoder): set {fixes}{skip}")
+                              f"random encoder): set {fixes}")
 
 
 def _typed(group: str, cls: type, values: dict) -> object:

@@ -12,19 +12,16 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from longformer.errors import ConfigError
-from longformer.kernels import native_bf16
+from longformer.kernels import auto_precision
 from longformer.pipeline.params import PRECISIONS
 
 
 def resolve_precision(precision: str, device: torch.device, cpu_flags: Set[str] | None = None) -> str:
-    """`train.precision` on `device` -> "fp32" or "bf16". `auto` is bf16 on CUDA and on CPUs that compute bf16
-    natively (`avx512_bf16` or `amx_bf16` among `cpu_flags`; default: this CPU's), where it is about twice as fast;
-    fp32 elsewhere, where bf16 would be emulated."""
+    """`train.precision` on `device` -> "fp32" or "bf16": `auto` as `longformer.kernels.auto_precision` decides (with
+    these CPU flags; default: this CPU's)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"the precision must be one of {list(PRECISIONS)}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" or native_bf16(cpu_flags) else "fp32"
+    return auto_precision(device, cpu_flags) if precision == "auto" else precision
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:

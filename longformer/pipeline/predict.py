@@ -16,11 +16,10 @@ from longformer.errors import DataError, MissingInputError, written_by
 from longformer.hf import load_tokenizer
 from longformer.model import LongformerClassifier
 from longformer.onnx import OnnxClassifier
-from longformer.pipeline.batching import inference_batches
-from longformer.pipeline.data import truncate
+from longformer.pipeline.data import tokenize_reviews
 from longformer.pipeline.distributed import Processes
 from longformer.pipeline.export import HF_DIR, ONNX_FILE
-from longformer.pipeline.inference import predict_logits
+from longformer.pipeline.inference import batch_logits, predict_logits
 from longformer.pipeline.precision import resolve_precision
 
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -95,13 +94,6 @@ def classify_onnx(export_dir: str | Path, texts: Sequence[str], batch_size: int 
         session = OnnxClassifier(onnx_file)
     limits = [tokenizer.model_max_length] + ([session.max_length] if session.max_length else [])
     ids = tokenize_reviews(tokenizer, texts, min(limits))  # never past the model, whatever the tokenizer says
-    logits = np.zeros((len(ids), session.num_labels), dtype=np.float32)
-    for indices, batch in inference_batches(ids, batch_size, tokenizer.pad_token_id):
-        logits[indices] = session.logits(batch["input_ids"], batch["attention_mask"])
+    logits = batch_logits(session.logits, ids, batch_size, tokenizer.pad_token_id, session.num_labels)
     return torch.from_numpy(logits).softmax(dim=1).numpy()
 
-
-def tokenize_reviews(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids as the tokenize stage makes them: special tokens added, at most max_length, the last one kept."""
-    ids = tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
-    return [truncate(x, max_length) for x in ids]

@@ -28,13 +28,15 @@ from longformer.config import LongformerConfig
 from longformer.errors import ConfigError, DataError, written_by
 from longformer.hf import load_tokenizer
 from longformer.model import LongformerForMaskedLM, LongformerModel
-from longformer.pipeline.batching import collate, length_bucketed_batches
+from longformer.pipeline.batching import collate, inference_order
 from longformer.pipeline.data import load_tokenized
 from longformer.pipeline.distributed import Processes
+from longformer.pipeline.inference import evaluating
 from longformer.pipeline.precision import autocast, resolve_precision
 from longformer.pipeline.params import PretrainParams
-from longformer.pipeline.step import NOT_PREDICTED, make_optimizer, masked_lm_loss, optimizer_step
-from longformer.pipeline.loop import run_identity, start_run, step_groups, steps_per_epoch, train_to_end
+from longformer.pipeline.step import NOT_PREDICTED, make_optimizer, masked_lm_loss
+from longformer.pipeline.loop import (run_identity, start_run, step_groups, step_on, steps_per_epoch,
+                                      train_to_end)
 
 BUCKET = 512  # positions per bucket of the held-out loss (the length BERT and RoBERTa were trained on)
 VALIDATION_STREAM = 0  # the masks of the held-out sequences; epoch e draws from stream e + 1
@@ -137,29 +139,24 @@ class MaskedLM:
                              procs, precision)
 
 
-@torch.no_grad()
 def held_out_loss(model: nn.Module, sequences: list[np.ndarray], masking: Masking, batch_size: int,
                   pad_token_id: int, procs: Processes = Processes(), precision: str = "fp32") -> dict:
     """The masked-LM loss of `sequences` under their fixed validation masks: {"loss": all predicted tokens',
     "by_position": {"0-511": ..., "512-1023": ..., ...}}, each the mean over the predicted tokens there; the model
     run in `precision` (resolved)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     buckets = -(-max(len(s) for s in sequences) // BUCKET)
     sums, counts = torch.zeros(buckets, dtype=torch.float64), torch.zeros(buckets, dtype=torch.float64)
-    batches = length_bucketed_batches([len(s) for s in sequences], batch_size, shuffle=False)
-    for batch in batches[procs.rank::procs.world]:
-        tensors = masked_batch([sequences[i] for i in batch], batch, VALIDATION_STREAM, masking, pad_token_id)
-        predict = tensors["labels"].ne(NOT_PREDICTED)
-        with autocast(device, precision):
-            logits = model(tensors["input_ids"].to(device), tensors["attention_mask"].to(device),
-                           predict=predict.to(device))
-        losses = F.cross_entropy(logits.float(), tensors["labels"][predict].to(device), reduction="none").cpu()
-        bucket = predict.nonzero()[:, 1] // BUCKET  # boolean indexing is row-major, as nonzero
-        sums.index_add_(0, bucket, losses.double())
-        counts.index_add_(0, bucket, torch.ones_like(losses, dtype=torch.float64))
-    model.train(was_training)
+    with evaluating(model) as device:
+        for batch in inference_order([len(s) for s in sequences], batch_size, procs.rank, procs.world):
+            tensors = masked_batch([sequences[i] for i in batch], batch, VALIDATION_STREAM, masking, pad_token_id)
+            predict = tensors["labels"].ne(NOT_PREDICTED)
+            with autocast(device, precision):
+                logits = model(tensors["input_ids"].to(device), tensors["attention_mask"].to(device),
+                               predict=predict.to(device))
+            losses = F.cross_entropy(logits.float(), tensors["labels"][predict].to(device), reduction="none").cpu()
+            bucket = predict.nonzero()[:, 1] // BUCKET  # boolean indexing is row-major, as nonzero
+            sums.index_add_(0, bucket, losses.double())
+            counts.index_add_(0, bucket, torch.ones_like(losses, dtype=torch.float64))
     sums, counts = (torch.stack(parts).sum(0) for parts in zip(*procs.gather((sums, counts))))
     return {"loss": (sums.sum() / counts.sum()).item(),
             "by_position": {f"{b * BUCKET}-{(b + 1) * BUCKET - 1}": (sums[b] / counts[b]).item()
@@ -177,10 +174,8 @@ def warm_up_head(model: LongformerForMaskedLM, objective: MaskedLM, params: Pret
         for p in frozen:
             p.requires_grad_(False)
         for step in range(params.head_warmup_steps):
-            batches = [{k: v.to(device) for k, v in objective.collate(batch, 0).items()}
-                       for batch in groups[step % len(groups)]]
-            optimizer_step(model, batches, optimizer, None, objective.loss, params.max_grad_norm,
-                           autocast=lambda: autocast(device, precision))
+            batches = [objective.collate(batch, 0) for batch in groups[step % len(groups)]]
+            step_on(device, precision, model, batches, optimizer, None, objective.loss, params.max_grad_norm)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -211,7 +206,9 @@ def skip(model_dir: Path, out_dir: Path, metrics_file: Path, metrics_dir: Path) 
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.copytree(model_dir, out_dir)
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    (metrics_dir / "plots").mkdir(parents=True)
+    curve = metrics_dir / "plots/metrics/train/loss.tsv"  # the loss curve of no steps: DVC warns of an empty folder
+    curve.parent.mkdir(parents=True)
+    curve.write_text("step\tloss\n")
     metrics_file.write_text(json.dumps({"steps": 0}) + "\n")
     (metrics_dir / "metrics.json").write_text(json.dumps({"steps": 0}) + "\n")
 
