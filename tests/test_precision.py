@@ -125,14 +125,18 @@ def test_bf16_kernels_with_dropout_match_fp32_with_the_same_masks(hf_checkpoint,
 
 
 def test_bf16_autocast_runs_the_kernels_with_bf16_products(model, monkeypatch, bf16_cpu):
-    calls = []
-    real = onednn._inner_product
+    """bf16 products, by this processor or emulated (the `bf16_cpu` variant; a processor without bf16 emulates both)."""
+    calls, emulated = [], []
+    real, real_emulated = onednn._inner_product, onednn._emulated
     monkeypatch.setattr(onednn, "_inner_product", lambda x, *rest: calls.append(x.dtype) or real(x, *rest))
+    monkeypatch.setattr(onednn, "_emulated", lambda *args: emulated.append(1) or real_emulated(*args))
     ids, mask, glob = make_batch(37, "first")
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert kernels.enabled(torch.zeros(1))
         model(ids, mask, glob)
     assert calls and set(calls) == {torch.bfloat16}
+    assert len(emulated) == (len(calls) if bf16_cpu == "emulated" or not paths.native_bf16(paths.hardware_flags())
+                             else 0)
 
 
 def test_bf16_forward_after_a_fused_optimizer_step_computes_with_the_new_weights(hf_checkpoint, bf16_cpu):

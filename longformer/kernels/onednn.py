@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longformer.kernels.paths import compute_dtype, hardware_flags, native_bf16, use_onednn
+from longformer.kernels import paths
+from longformer.kernels.paths import compute_dtype, use_onednn
 
 _OUT_CHUNK_ROWS = 512  # rows per product in linear_into: a fresh output that large would page-fault
 _WEIGHT_GRAD_CHUNK_ROWS = 1024  # rows per product in weight_grad (see there)
@@ -68,7 +69,7 @@ def _inner_product(x: Tensor, weight: Tensor, bias: Tensor | None, activation: s
     ("none", "gelu": the exact, erf one, or "relu") taken in fp32 before the one rounding to x's dtype; each operand
     contiguous or a transposed contiguous matrix, add (N, M) contiguous and in x's dtype."""
     weight, bias = cast(weight, x.dtype), None if bias is None else cast(bias, x.dtype)
-    if x.dtype == torch.bfloat16 and not native_bf16(hardware_flags()):
+    if x.dtype == torch.bfloat16 and paths.bf16_emulated():
         return _emulated(x, weight, bias, activation, add)
     if add is not None:
         return torch.ops.mkldnn._linear_pointwise.binary(x, add, weight, bias, "add")

@@ -4,7 +4,7 @@
 |---|---|
 | a layer's attention and feed-forward (`enabled`) | the kernels on the CPU in fp32, or in bf16 where the CPU computes bf16 natively; else the reference modules (GPU, float64, bf16 that PyTorch emulates, `disabled()`) |
 | an fp32 product (`use_onednn`) | oneDNN where the CPU has AVX-512; PyTorch's own (MKL) with AVX2 alone |
-| a bf16 product | oneDNN (`onednn.py` emulates it where the flags are faked and the processor has none) |
+| a bf16 product | oneDNN; emulated (`bf16_emulated`, `onednn._emulated`) where the flags are faked and the processor has none |
 | `train.precision: auto` (`auto_precision`) | bf16 on a GPU and on CPUs that compute bf16 natively, fp32 elsewhere |
 
 The flags are /proc/cpuinfo's, or those `LONGFORMER_CPU_FLAGS` names in their place: any machine then decides as that
@@ -69,6 +69,12 @@ def onednn_fp32_is_faster() -> bool:
     """Whether oneDNN's fp32 products beat PyTorch's (MKL's) here: on CPUs with AVX-512. With AVX2 alone oneDNN runs
     a product with a transposed operand (every product of a backward) at about half MKL's rate."""
     return "avx512f" in cpu_flags()
+
+
+def bf16_emulated() -> bool:
+    """Whether a bf16 product is emulated (in fp32, rounded as oneDNN rounds): where the processor itself has no bf16
+    instructions, whatever the flags say."""
+    return not native_bf16(hardware_flags())
 
 
 def native_bf16(flags: frozenset[str] | set[str] | None = None) -> bool:
