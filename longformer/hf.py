@@ -243,15 +243,10 @@ def _convert(checkpoint: str, max_length: int | None, attention_window: int | li
     return resize(config, state, max_length, attention_window), state, lm_head, head
 
 
-def load_hf_masked_lm(checkpoint: str, hf_config):
-    """transformers' masked LM of the checkpoint's family, and its loading info: the head's tensors are reported
-    missing where the checkpoint ships the encoder alone, and mismatched shapes are reported instead of raised."""
-    return load_hf_model(checkpoint, hf_config, classifier=False)
-
-
 def load_hf_model(checkpoint: str, hf_config, classifier: bool):
-    """transformers' sequence classifier (`classifier`) or masked LM of the checkpoint's family, and its loading
-    info, as `load_hf_masked_lm` says."""
+    """transformers' sequence classifier (`classifier`) or masked LM of the checkpoint's family, and its loading info:
+    the head's tensors are reported missing where the checkpoint ships the encoder alone, and mismatched shapes are
+    reported instead of raised."""
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -393,8 +388,8 @@ def save_hf_classifier(config: LongformerConfig, state: dict[str, Tensor], head:
         save_hf(config, encoder, directory, tokenizer, tokenizer_max_length)
         return False
     labels = labels or [f"LABEL_{i}" for i in range(head.num_labels)]
-    # classifier_dropout: the head's own dropout, read back by hf_classifier_head (transformers' Longformer trains its head
-    # with hidden_dropout_prob; dropout does nothing at inference)
+    # classifier_dropout: the head's own dropout, read back by hf_classifier_head (transformers' Longformer trains its
+    # head with hidden_dropout_prob; dropout does nothing at inference)
     model = LongformerForSequenceClassification(to_hf_config(
         config, num_labels=head.num_labels, id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)}, classifier_dropout=head.dropout))

@@ -1,11 +1,11 @@
 """Which code computes what: every such decision, here and nowhere else, from the CPU's flags.
 
-| what | runs on |
-|---|---|
-| a layer's attention and feed-forward (`enabled`) | the kernels on the CPU in fp32, or in bf16 where the CPU computes bf16 natively; else the reference modules (GPU, float64, bf16 that PyTorch emulates, `disabled()`) |
-| an fp32 product (`use_onednn`) | oneDNN where the CPU has AVX-512; PyTorch's own (MKL) with AVX2 alone |
-| a bf16 product | oneDNN; emulated (`bf16_emulated`, `onednn._emulated`) where the flags are faked and the processor has none |
-| `train.precision: auto` (`auto_precision`) | bf16 on a GPU and on CPUs that compute bf16 natively, fp32 elsewhere |
+* a layer's attention and feed-forward (`enabled`): the kernels on the CPU in fp32, or in bf16 where the CPU
+  computes bf16 natively; else the reference modules (GPU, float64, bf16 that PyTorch emulates, `disabled()`);
+* an fp32 product (`use_onednn`): oneDNN where the CPU has AVX-512, PyTorch's own (MKL) with AVX2 alone;
+* a bf16 product: oneDNN, or emulated (`bf16_emulated`, `onednn._emulated`) where the flags are faked and the
+  processor itself has no bf16;
+* `train.precision: auto` (`auto_precision`): bf16 on a GPU and on CPUs that compute bf16 natively, fp32 elsewhere.
 
 The flags are /proc/cpuinfo's, or those `LONGFORMER_CPU_FLAGS` names in their place: any machine then decides as that
 CPU would (the tests run "as a bf16-native CPU" and "as a Zen 3" so).

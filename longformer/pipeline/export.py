@@ -103,9 +103,8 @@ def how_made_long(source: dict, classifier: LongformerClassifier, pretrained: di
     else:
         made = (f"a {family} checkpoint made long the way the Longformer was made from RoBERTa (Beltagy et al., "
                 f"2020, section 5): its {LongformerConfig.from_hf_dict(source).max_length} position embeddings "
-                f"copied over and over up to "
-                f"{config.max_length} positions, the global query/key/value projections started as copies of the "
-                f"local ones, {window_text}.")
+                f"copied over and over up to {config.max_length} positions, the global query/key/value projections "
+                f"started as copies of the local ones, {window_text}.")
     return f"{made} {how_pretrained(pretrained)}"
 
 
@@ -194,14 +193,15 @@ def computed_in(metrics: dict) -> str:
 
 def what_it_is(config: LongformerConfig, head: HeadConfig, labels: str, head_written: bool) -> str:
     """The card's opening: what `hf/` holds and how to run it, and the ONNX file beside it."""
-    onnx = (f"`../model.onnx` is the whole classifier for onnxruntime: `input_ids` and `attention_mask` (int64, batch "
-            f"x length, any length up to {config.max_length}) in, `logits` out (labels: {labels}).")
+    onnx = (f"`../model.onnx` is the {'same' if head_written else 'whole'} classifier for onnxruntime: `input_ids` and "
+            f"`attention_mask` (int64, batch x length, any length up to {config.max_length}) in, `logits` out "
+            f"(labels: {labels}).")
     if not head_written:
         return f"""This directory holds the **encoder only**: a transformers `LongformerModel`
-({config.num_layers} layers, hidden {config.hidden_size}), with no classification head. The classifier was trained with the head
-Linear({config.hidden_size}, {head.dim}) -> {head.activation} -> Linear({head.dim}, {head.num_labels}), which
-transformers' Longformer head (dense(hidden -> hidden) -> tanh -> out_proj) cannot hold; a `text-classification`
-pipeline on this directory would put a random head on it. {onnx}
+({config.num_layers} layers, hidden {config.hidden_size}), with no classification head. The classifier was trained
+with the head Linear({config.hidden_size}, {head.dim}) -> {head.activation} -> Linear({head.dim},
+{head.num_labels}), which transformers' Longformer head (dense(hidden -> hidden) -> tanh -> out_proj) cannot
+hold; a `text-classification` pipeline on this directory would put a random head on it. {onnx}
 
 ```python
 from transformers import AutoModel
@@ -217,4 +217,4 @@ classify = pipeline("text-classification", model="path/to/hf", truncation=True) 
 classify("A long review ...", top_k=None)
 ```
 
-{onnx.replace("the whole classifier", "the same classifier")}"""
+{onnx}"""

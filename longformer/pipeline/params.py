@@ -15,7 +15,7 @@ from longformer.errors import ConfigError, MissingInputError
 
 # train.precision: auto = bf16 on CUDA and on CPUs that compute bf16 natively, fp32 elsewhere (pipeline/precision.py)
 PRECISIONS = ("auto", "fp32", "bf16")
-RANDOM_CHECKPOINT = "tiny"  # the offline default's encoder, the only one that starts from random weights
+TINY = "tiny"  # model.checkpoint's offline default: a small random Longformer, the only encoder without pretraining
 # The highest learning rate a pretrained encoder is trained at: above it, the tiny random encoder's rates (5e-4, the
 # offline default's) undo the pretraining, quietly (minilm, 2,000 IMDb reviews: 3 points of accuracy lost).
 PRETRAINED_MAX_LR = 1e-4
@@ -25,7 +25,7 @@ PRETRAINED_FIXES = {"train.lr": "-S train.lr=5e-05", "pretrain.lr": "-S pretrain
 
 @dataclass
 class ModelParams:
-    checkpoint: str = "tiny"  # `tiny`, `minilm` (offline), a hub id (allenai/longformer-base-4096) or a directory
+    checkpoint: str = TINY  # `tiny`, `minilm` (offline), a hub id (allenai/longformer-base-4096) or a directory
     max_length: int = 0  # tokens the converted model takes; 0 = the checkpoint's own (a BERT/RoBERTa: extend it)
     attention_window: int | list = 0  # one window, or one per layer; 0 = the checkpoint's (a BERT/RoBERTa: 512)
 
@@ -185,7 +185,7 @@ class Params:
 
     def check_pretrained_rates(self) -> None:
         """A pretrained encoder is never trained at the tiny random encoder's rates: a clear error instead."""
-        if self.model.checkpoint == RANDOM_CHECKPOINT:
+        if self.model.checkpoint == TINY:
             return
         rates = {"train.lr": self.train.lr, "pretrain.lr": self.pretrain.lr if self.pretrain.steps else 0.0}
         too_high = [name for name, rate in rates.items() if rate > PRETRAINED_MAX_LR]
