@@ -20,17 +20,15 @@ import numpy as np
 
 from longformer.hf import load_tokenizer
 from longformer.pipeline.data import load_raw
+from longformer.pipeline.metrics import PairedDifference, read_predictions
 
 
 def paired(a_right: np.ndarray, b_right: np.ndarray) -> str:
     """`a - b` in accuracy points, with the paired standard error, from per-review correctness."""
-    n = len(a_right)
-    only_a, only_b = int((a_right & ~b_right).sum()), int((~a_right & b_right).sum())
-    diff = (only_a - only_b) / n
-    se = np.sqrt(only_a + only_b - (only_a - only_b) ** 2 / n) / n
-    return (f"{n} reviews: {a_right.mean():.4f} against {b_right.mean():.4f}, difference {100 * diff:+.2f} points "
-            f"(paired standard error {100 * se:.2f}, z = {diff / se:.1f}); only A right on {only_a}, "
-            f"only B on {only_b}")
+    d = PairedDifference.of(a_right, b_right)
+    return (f"{d.n} reviews: {d.accuracy_a:.4f} against {d.accuracy_b:.4f}, difference {100 * d.difference:+.2f} "
+            f"points (paired standard error {100 * d.standard_error:.2f}, z = {d.z:.1f}); only A right on {d.only_a}, "
+            f"only B on {d.only_b}")
 
 
 def main() -> None:
@@ -42,7 +40,7 @@ def main() -> None:
     parser.add_argument("--longer-than", type=int, default=512)
     args = parser.parse_args()
 
-    a, b = (np.loadtxt(path, delimiter=",", skiprows=1, dtype=int, ndmin=2) for path in (args.a, args.b))
+    a, b = read_predictions(args.a), read_predictions(args.b)
     if a.shape != b.shape or not (a[:, 0] == b[:, 0]).all():
         raise SystemExit("the two files do not hold the same test reviews in the same order")
     a_right, b_right = a[:, 0] == a[:, 1], b[:, 0] == b[:, 1]

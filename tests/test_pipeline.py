@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,80 @@ def exported_model_predicts_as_ours(project: Path) -> None:
     assert (bf16.argmax(1) == expected.argmax(1)).all() and np.abs(bf16 - expected).max() <= 0.01  # bf16's bound
 
 
+def committed_baseline(project: Path) -> None:
+    """The workspace as the baseline commit holds it, a `dvc repro` of the offline default (made if none was)."""
+    if run("git cat-file -e HEAD:dvc.lock", project, check=False).returncode:
+        sh("dvc repro && git add -A && git commit -qm baseline", project)
+    sh("git reset -q --hard && dvc checkout -q", project)
+
+
+def kill_everything_in(project: Path) -> None:
+    """What a stopped machine does to a queue: SIGKILL to its worker, the experiment and every stage process."""
+    import psutil
+
+    for process in psutil.process_iter(["cwd"]):
+        if process.pid != os.getpid() and str(process.info["cwd"] or "").startswith(str(project)):
+            process.kill()
+
+
+def wait_for(condition, what: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def queue_is_done(project: Path) -> bool:
+    status = sh("dvc queue status", project)
+    return not any(state in status for state in ("Running", "Queued"))
+
+
+def finished(project: Path) -> dict[str, dict]:
+    """Finished experiments by name: their train metrics and the rev that holds their files."""
+    shown = json.loads(run("dvc exp show --json", project).stdout)
+    return {exp["name"]: {"rev": exp["rev"], "train": exp["data"]["metrics"]["metrics/train/metrics.json"]["data"]}
+            for commit in shown for group in commit.get("experiments") or [] for exp in group["revs"]
+            if not exp.get("error") and (exp.get("data") or {}).get("metrics")}
+
+
+def test_a_killed_queued_experiment_resumes_and_ends_as_if_never_stopped(project):
+    """A queued experiment killed with its whole machine mid-training, queued again by `stages.sweep resume`, goes
+    on from its last state and ends with the metrics and validation predictions of the same experiment run whole;
+    the experiment that finished before keeps its results, and one with other params queued meanwhile starts
+    afresh. Experiments differing only in train.resume_every compute the same: DVC's run cache cannot stand in."""
+    committed_baseline(project)
+    same = "-S head.dropout=0.2 -S train.epochs=1"
+    sh(f"dvc exp run --queue train -n whole {same} -S train.resume_every=1000", project)
+    sh(f"dvc exp run --queue train -n killed {same} -S train.resume_every=40", project)
+    sh("dvc queue start > /dev/null 2>&1", project)  # its worker would hold a pipe until the queue is done
+    states = lambda: list((project / ".resume/train").glob("*/state.pt"))  # noqa: E731
+    done = lambda: sh("dvc exp list --name-only", project).split()  # noqa: E731 (quicker than dvc exp show)
+    wait_for(lambda: states() and "whole" in done(), "the killed run's first resumable state")
+    kill_everything_in(project)
+    assert "Running" in sh("dvc queue status", project)  # nothing was left to tell DVC
+    killed_state = states()
+    assert len(killed_state) == 1 and killed_state[0].stat().st_size > 0
+
+    sh("dvc exp run --queue train -n other -S head.dropout=0.3 -S train.epochs=1", project)
+    log = sh("python -m stages.sweep resume", project)
+    assert "queued again: killed -S head.dropout=0.2 -S train.epochs=1 -S train.resume_every=40" in log, log
+    wait_for(lambda: queue_is_done(project), "the queue")
+    assert "Failed" not in sh("dvc queue status", project)
+    assert "resuming" not in sh("dvc queue logs other", project)  # its own identity: the killed state is not its
+    assert "resuming an interrupted run" in sh("dvc queue logs killed", project)
+    assert not states()  # finished runs leave no state behind
+    assert not list((project / ".dvc/tmp/exps").glob("tmp*"))  # nor copies of the repository
+
+    experiments = finished(project)
+    assert set(experiments) >= {"whole", "killed", "other"}
+    assert experiments["killed"]["train"] == experiments["whole"]["train"]  # best, last step's loss and lr
+    predictions = [sh(f"git show {experiments[name]['rev']}:metrics/validation-predictions.csv", project)
+                   for name in ("whole", "killed")]
+    assert predictions[0] == predictions[1] and len(predictions[0].splitlines()) == 301  # 10% of 3,000 reviews
+    table = sh("python -m stages.sweep compare whole killed other --reference whole", project)
+    assert "| whole | 0.2 | 1000 |" in table and "| killed | 0.2 | 40 |" in table and "+0.00 ± 0.00" in table
+
+
 def test_bad_param_is_a_clear_error_and_touches_nothing(project, tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["head"]["dropout"] = 1.5
@@ -234,7 +309,11 @@ def test_stages_on_real_imdb_subset(tmp_path):
     save_tokenized(data, summary, tmp_path / "tokenized")
 
     best = train(tmp_path / "model", tmp_path / "tokenized", tmp_path / "train", tmp_path / "live",
-                 HeadConfig(dim=32), TrainParams(epochs=1, batch_size=4, grad_accum=2, eval_every=5))
+                 HeadConfig(dim=32), TrainParams(epochs=1, batch_size=4, grad_accum=2, eval_every=5),
+                 predictions_file=tmp_path / "validation.csv")
+    validation = np.loadtxt(tmp_path / "validation.csv", delimiter=",", skiprows=1, dtype=int)  # the best's
+    assert validation[:, 0].tolist() == data["validation"]["label"]
+    assert (validation[:, 0] == validation[:, 1]).mean() == best["val_accuracy"]
     logged = np.loadtxt(tmp_path / "live/plots/metrics/val/accuracy.tsv", skiprows=1, ndmin=2)  # step, accuracy
     assert len(logged) == 3  # 108 reviews / (4 x 2) = 14 steps: validated at steps 5, 10 and the epoch's end 14
     assert best["val_accuracy"] == logged[:, 1].max() and best["step"] == logged[logged[:, 1].argmax(), 0]

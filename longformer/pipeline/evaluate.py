@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from longformer.model import LongformerClassifier
 from longformer.pipeline.data import check_labels, load_tokenized
 from longformer.pipeline.distributed import Processes
 from longformer.pipeline.inference import predict_logits
-from longformer.pipeline.metrics import classification_metrics
+from longformer.pipeline.metrics import classification_metrics, write_predictions
 from longformer.pipeline.precision import resolve_precision
 
 
@@ -37,10 +36,7 @@ def evaluate(train_dir: str | Path, data_dir: str | Path, metrics_file: str | Pa
     if procs.main:
         Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
-        with open(predictions_file, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["actual", "predicted"])
-            writer.writerows(zip(labels.tolist(), logits.argmax(axis=1).tolist()))
+        write_predictions(predictions_file, labels.tolist(), logits.argmax(axis=1).tolist())
     procs.close()
     metrics["confusion_matrix"] = confusion_matrix(labels, logits.argmax(axis=1)).tolist()
     return metrics

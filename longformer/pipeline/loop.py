@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -97,6 +98,7 @@ class Objective(Protocol):
     metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
     loss: LossFunction
+    predictions: list[int] | None  # the last validation's prediction for each validation example, if it makes them
 
     def batches(self, epoch: int) -> list[list[int]]:
         """The epoch's batches, as indices of the training examples."""
@@ -110,11 +112,12 @@ class Objective(Protocol):
 
 @dataclass
 class Best:
-    """The best validation so far: its metrics (`val_*`, step, epoch; empty before the first) and the weights that
-    reached them (on the CPU)."""
+    """The best validation so far: its metrics (`val_*`, step, epoch; empty before the first), its predictions (see
+    `Objective`) and the weights that reached them (on the CPU)."""
 
     metrics: dict = field(default_factory=dict)
     weights: dict[str, Tensor] | None = None
+    predictions: list[int] | None = None
 
     def update(self, model: nn.Module, metrics: dict, position: Position, objective: Objective) -> None:
         value, best = metrics[objective.metric], self.metrics.get(f"val_{objective.metric}")
@@ -122,6 +125,7 @@ class Best:
             self.metrics = {f"val_{k}": v for k, v in metrics.items()} | dict(step=position.step,
                                                                               epoch=position.epoch + 1)
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.predictions = objective.predictions
 
     def write(self, model: nn.Module, out_dir: Path) -> None:
         """The best weights, as `model.save` writes them, into out_dir (nothing before the first validation); the
@@ -173,8 +177,8 @@ class ResumeState:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {f.name: getattr(self, f.name) for f in fields(self)}  # not asdict: it would deep-copy every tensor
-        state |= {"position": asdict(self.position), "best": {"metrics": self.best.metrics,
-                                                              "weights": self.best.weights}}
+        state |= {"position": asdict(self.position), "best": {"metrics": self.best.metrics, "weights": self.best.weights,
+                                                              "predictions": self.best.predictions}}
         weights.write_atomic(path, lambda tmp: torch.save(state, tmp))  # a kill never leaves a torn state file
 
     @classmethod
@@ -284,6 +288,18 @@ class Run:
         self.procs.close()
 
 
+def resume_file(resume_dir: Path, identity: dict[str, str]) -> Path:
+    """Where a run keeps its resumable state: `resume_dir/state.pt`. A queued DVC experiment runs in a temporary copy
+    of the repository, which DVC deletes when the run is killed; its state goes to the repository's own `resume_dir`
+    (DVC_ROOT, which DVC sets to it), one folder per run identity, where the experiment queued again finds it and
+    experiments running side by side keep theirs apart."""
+    root = os.environ.get("DVC_ROOT")
+    if resume_dir.is_absolute() or not root or Path(root).resolve() == Path.cwd().resolve():
+        return resume_dir / "state.pt"
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / resume_dir / key / "state.pt"
+
+
 def start_run(model: nn.Module, params: LoopParams, total_steps: int, epoch_steps: int, identity: dict[str, str],
               precision: str, resume_dir: Path, metrics_dir: Path, procs: Processes) -> Run:
     """The optimizer and its warmup-then-decay schedule over `total_steps`; the model wrapped for DDP on several
@@ -294,7 +310,7 @@ def start_run(model: nn.Module, params: LoopParams, total_steps: int, epoch_step
     # The global q/k/v projections go unused (local-only attention; the classifier's last layer): DDP must know.
     forward = DistributedDataParallel(model, find_unused_parameters=True) if procs.world > 1 else model
     return Run(model, forward, optimizer, scheduler, total_steps, epoch_steps, procs, identity, precision,
-               resume_dir / "state.pt", metrics_dir)
+               resume_file(resume_dir, identity), metrics_dir)
 
 
 def train_to_end(run: Run, objective: Objective, params: LoopParams, out_dir: Path) -> None:

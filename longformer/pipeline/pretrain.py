@@ -123,6 +123,7 @@ class MaskedLM:
     batch_size: int
     metric: ClassVar[str] = "loss"
     higher_is_better: ClassVar[bool] = False
+    predictions: ClassVar[None] = None  # a loss per token, no prediction per sequence
 
     def __post_init__(self) -> None:
         self.loss = masked_lm_loss

@@ -20,7 +20,7 @@ from longformer.pipeline.data import check_labels, load_tokenized
 from longformer.pipeline.distributed import Processes
 from longformer.pipeline.inference import predict_logits
 from longformer.pipeline.loop import run_identity, start_run, steps_per_epoch, train_to_end
-from longformer.pipeline.metrics import classification_metrics
+from longformer.pipeline.metrics import classification_metrics, write_predictions
 from longformer.pipeline.params import TrainParams
 from longformer.pipeline.precision import resolve_precision
 from longformer.pipeline.step import classification_loss
@@ -37,6 +37,7 @@ class Classification:
     params: TrainParams
     metric: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[bool] = True
+    predictions: list[int] | None = None  # the last validation's, in the validation split's order
 
     def __post_init__(self) -> None:
         self.loss = classification_loss(self.params.label_smoothing)
@@ -51,12 +52,16 @@ class Classification:
     def validate(self, model: nn.Module, procs: Processes, precision: str) -> dict:
         logits = predict_logits(model, self.val_set, self.params.batch_size, "validate", procs, precision)
         metrics = classification_metrics(np.asarray(self.val_set["label"]), logits)
+        self.predictions = logits.argmax(axis=1).tolist()
         return {"accuracy": metrics["accuracy"], "loss": metrics["loss"]}
 
 
 def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metrics_dir: str | Path,
-          head: HeadConfig, params: TrainParams, resume_dir: str | Path = ".resume/train") -> dict[str, float]:
-    """Fine-tune encoder + head; the best weights by validation accuracy go to `out_dir`.
+          head: HeadConfig, params: TrainParams, resume_dir: str | Path = ".resume/train",
+          predictions_file: str | Path | None = None) -> dict[str, float]:
+    """Fine-tune encoder + head; the best weights by validation accuracy go to `out_dir`, their predictions on the
+    validation reviews to `predictions_file` (actual,predicted: what `bench/paired_accuracy.py` and
+    `longformer.pipeline.compare` pair experiments by).
 
     Every `resume_every` optimizer steps and at each epoch end, a `ResumeState` is written atomically to
     `resume_dir/state.pt`. Re-running with the same params and inputs after an interruption resumes from there
@@ -80,5 +85,11 @@ def train(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, metr
     run.resume({"params": "the head.* or train.* params", "model": f"the model in {model_dir}",
                 "data": f"the tokenized data in {data_dir}"})
     train_to_end(run, objective, params, out_dir)
+    if predictions_file is not None and run.best.predictions is None:  # a state saved before states kept them
+        model.load_state_dict(run.best.weights)
+        objective.validate(model, procs, run.precision)
+        run.best.predictions = objective.predictions
     run.finish(out_dir)
+    if procs.main and predictions_file is not None:
+        write_predictions(predictions_file, val_set["label"], run.best.predictions)
     return run.best.metrics
