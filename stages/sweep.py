@@ -21,7 +21,7 @@ def resume(jobs: int = typer.Option(1, min=1, help="workers for `dvc queue start
     params (each resumes from its state in .resume/), then `dvc queue start`."""
     requeued = resume_queue(Path.cwd(), jobs, start)
     for entry in requeued:
-        print(f"queued again: {entry.name} {' '.join(f'-S {o}' for o in entry.overrides)}")
+        print(f"queued again: {entry.name} {' '.join([*(f'-S {o}' for o in entry.overrides), *entry.targets])}")
     if not requeued:
         print("no failed experiment in the queue")
     if start:

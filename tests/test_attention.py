@@ -25,22 +25,25 @@ def masks_for(n: int, globals_: str) -> AttentionMasks:
 
 @pytest.mark.parametrize("globals_", ["none", "first", "several"])
 @pytest.mark.parametrize("n", [5, 6, 13])  # one dense block (n <= 3w), and blocked with a padded last block
-@pytest.mark.parametrize("dropout_p, chunk_tokens, block_at_most, chunk_scores", [
+@pytest.mark.parametrize("dropout_p, flash, chunk_tokens, block_at_most, chunk_scores", [
     # flash kernels; backward one block per kernel call, or all at once
-    (0.0, 1, 2, 0), (0.0, 1024, 2, 0), (0.0, 1024, 1, 0),
-    # the written-out softmax with dropout: all blocks at once, one at a time, or a few (the last chunk shorter)
-    (0.3, 1024, 2, 1 << 18), (0.3, 1024, 2, 1), (0.3, 1024, 2, 50), (0.3, 1024, 1, 50),
+    (0.0, True, 1, 2, 0), (0.0, True, 1024, 2, 0), (0.0, True, 1024, 1, 0),
+    # the written-out softmax (bf16's path), without and with dropout: all blocks at once, one at a time, or a few
+    # (the last chunk shorter)
+    (0.0, False, 1024, 2, 1 << 18), (0.0, False, 1024, 1, 50),
+    (0.3, False, 1024, 2, 1 << 18), (0.3, False, 1024, 2, 1), (0.3, False, 1024, 2, 50), (0.3, False, 1024, 1, 50),
 ])  # blocks of one_sided queries, or fewer
-def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, chunk_tokens, block_at_most, chunk_scores,
-                                              monkeypatch):
+def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, flash, chunk_tokens, block_at_most,
+                                              chunk_scores, monkeypatch):
     """Without dropout, outputs and every gradient equal autograd's through the reference path (float64, 1e-12).
     With and without, the Jacobian against finite differences along random directions (gradcheck's fast mode, with
     float64's tolerances: 1e-6 relative), which with dropout also checks that backward draws the forward's masks
     again (a fixed seed makes the function deterministic)."""
     monkeypatch.setattr(banded_kernel, "_BACKWARD_CHUNK_TOKENS", chunk_tokens)
-    monkeypatch.setattr(banded_kernel, "_DROPOUT_BLOCK", block_at_most)
+    monkeypatch.setattr(banded_kernel, "_FLASH_DTYPES", banded_kernel._FLASH_DTYPES if flash else ())
+    monkeypatch.setattr(banded_kernel, "_WRITTEN_OUT_BLOCK", block_at_most)
     monkeypatch.setattr(banded_kernel, "_TRAINING_BLOCK", block_at_most)
-    monkeypatch.setattr(banded_kernel, "_DROPOUT_CHUNK_SCORES", chunk_scores)  # 2 heads: 24 scores a block of 2
+    monkeypatch.setattr(banded_kernel, "_WRITTEN_OUT_CHUNK_SCORES", chunk_scores)  # 2 heads: 24 scores a block of 2
     one_sided = 2
     masks = masks_for(n, globals_)
     mask, block, pad = masks.band.mask(one_sided, banded_kernel._query_block(one_sided, dropout_p), torch.float64)

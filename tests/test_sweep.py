@@ -1,15 +1,18 @@
 """Queued experiments: where a queued run keeps its resumable state, the paired errors, the comparison table. The
 kill-and-resume of a real queue is in test_pipeline.py."""
 
+import pickle
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from longformer.errors import DataError
 from longformer.pipeline.loop import resume_file
 from longformer.pipeline.metrics import PairedDifference
-from longformer.pipeline.sweep import Experiment, Row, flat, markdown_table, override
+from longformer.pipeline.sweep import Experiment, Row, flat, markdown_table, override, queued_targets
 
 
 def test_a_run_outside_a_queue_keeps_its_state_in_the_workspace(monkeypatch, tmp_path):
@@ -74,3 +77,22 @@ def test_the_table_marks_differences_of_two_standard_errors():
                         "Δ test (points) |")
     assert table[2] == "| ref | 0.1 | 1.0000 | 0.3000 | reference | 0.9900 |  |"
     assert table[3] == "| drop | 0.5 | 0.9700 | 0.3000 | -3.00 ± 0.54 ** | 0.9600 |  |"
+
+
+def test_a_requeued_experiment_keeps_the_stages_and_flags_it_was_queued_with(tmp_path):
+    """`dvc exp run --queue --downstream train` stores its arguments in the queued commit; they come back as flags."""
+    git = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,  # noqa: E731
+                                       text=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "without")
+    without = git("rev-parse", "HEAD")
+    (tmp_path / ".dvc/tmp").mkdir(parents=True)
+    kwargs = {"run_env": {}, "targets": ["train"], "single_item": False, "force": False, "downstream": True}
+    (tmp_path / ".dvc/tmp/repro.dat").write_bytes(pickle.dumps({"args": (), "kwargs": kwargs}))
+    git("add", "-f", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "queued")
+    assert queued_targets(tmp_path, git("rev-parse", "HEAD")) == ["--downstream", "train"]
+    with pytest.raises(DataError, match="holds no .dvc/tmp/repro.dat"):
+        queued_targets(tmp_path, without)

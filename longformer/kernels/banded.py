@@ -1,9 +1,9 @@
-"""Window + global-key attention on PyTorch's CPU flash-attention kernels, with the q/k/v projection fused in.
+"""Window + global-key attention with the q/k/v projection fused in: on PyTorch's CPU flash-attention kernels in fp32,
+with the softmax written out (bf16 products, fp32 softmax) in bf16 and under attention dropout.
 
 The same computation as `longformer.attention.sliding_window_attention` (the reference), laid out so that nothing
 is copied: see `BandedAttention`. Under bf16 autocast q, k, v and the output are bf16, as on the reference; the
-flash kernels accumulate and take the softmax in fp32, and so does the rest here (global keys, dropout's blocks,
-the gradients' sums).
+products accumulate in fp32, and the softmax, the global keys and the gradients' sums are taken in fp32.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from longformer.kernels.onednn import linear_into, mm, weight_grad, without_auto
 from longformer.kernels.paths import compute_dtype
 
 _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call: its window gradients stay small
+# PyTorch's CPU flash kernels' backward computes at the fp32 rate in any dtype: bf16 training writes the softmax out,
+# on bf16 products (bf16 inference keeps the flash forward, as fast).
+_FLASH_DTYPES = (torch.float32, torch.float64)
 # Queries per block, at most (see _query_block), per path: a smaller block computes fewer scores outside the band
-# but makes the flash kernels' own products smaller; docs/performance.md has the measurements behind these.
-_DROPOUT_BLOCK = 64  # the written-out softmax with attention dropout
-_DROPOUT_CHUNK_SCORES = 1 << 18  # scores per chunk of its blocks, at most (one block may hold more): _dropout_work
+# but makes the products smaller; docs/performance.md has the measurements behind these.
+_WRITTEN_OUT_BLOCK = 64  # the written-out softmax (bf16, or attention dropout)
+_WRITTEN_OUT_CHUNK_SCORES = 1 << 18  # scores per chunk of its blocks, at most (one block may hold more): _score_work
 _FORWARD_BLOCK = 64  # the flash kernel's forward alone
 _TRAINING_BLOCK = 128  # its forward + backward
-_TRAINING_BLOCK_BF16 = 256  # the same in bf16, whose backward gains more from larger products
 
 
 def banded_attention(x: Tensor, weight: Tensor, bias: Tensor, band: BandMasks, global_index: Tensor,
@@ -39,9 +41,7 @@ def banded_attention(x: Tensor, weight: Tensor, bias: Tensor, band: BandMasks, g
     which replace their rows.
     """
     dtype = compute_dtype(x)
-    # additive, in the products' dtype; dropout's blocks take their softmax in fp32 (the flash kernels take either)
-    mask, block, pad = band.mask(one_sided, _query_block(one_sided, dropout_p, dtype),
-                                 _accumulation(dtype) if dropout_p else dtype)
+    mask, block, pad = band.mask(one_sided, _query_block(one_sided, dropout_p, dtype), dtype)  # additive
     seed = int(torch.randint(2**62, ())) if dropout_p else 0  # from the global RNG: torch.manual_seed rules
     with without_autocast():
         global_rows = None if global_rows is None else global_rows.to(dtype)
@@ -54,19 +54,27 @@ def _accumulation(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _flash(dtype: torch.dtype, dropout_p: float, training: bool) -> bool:
+    """Whether the flash kernels compute (`training`: a backward follows): they have no dropout, and in bf16 their
+    backward computes at the fp32 rate."""
+    return not dropout_p and (dtype in _FLASH_DTYPES or not training)
+
+
 def _query_block(one_sided: int, dropout_p: float, dtype: torch.dtype = torch.float32) -> int:
     """Queries per block of `BandedAttention` (`query_block`), at most the block its path takes: smaller blocks
-    compute fewer scores outside the band, but the flash kernels' products get smaller too, and in backward that
-    costs more below 128 queries than it saves."""
-    training = _TRAINING_BLOCK_BF16 if dtype == torch.bfloat16 else _TRAINING_BLOCK
-    return query_block(one_sided, _DROPOUT_BLOCK if dropout_p else training if torch.is_grad_enabled()
-                       else _FORWARD_BLOCK)
+    compute fewer scores outside the band, but the products get smaller too, and in the flash kernels' backward
+    that costs more below 128 queries than it saves."""
+    training = torch.is_grad_enabled()
+    if not _flash(dtype, dropout_p, training):
+        return query_block(one_sided, _WRITTEN_OUT_BLOCK)
+    return query_block(one_sided, _TRAINING_BLOCK if training else _FORWARD_BLOCK)
 
 
 class BandedAttention(torch.autograd.Function):
-    """The q/k/v projection, then window + global-key attention on PyTorch's CPU flash-attention kernels (or, with
-    attention dropout, which those kernels lack, on the same layout one block at a time: `_window_dropout_*`). The
-    picture of the layout and the invariants forward and backward share: docs/kernels.md.
+    """The q/k/v projection, then window + global-key attention on PyTorch's CPU flash-attention kernels, or with the
+    softmax written out on the same layout a few blocks at a time (`_window_written_out_*`): under attention
+    dropout, which those kernels lack, and in bf16, where they compute at the fp32 rate. The picture of the layout
+    and the invariants forward and backward share: docs/kernels.md.
 
     Tokens are laid out as rows: the batch's sequences (each padded to a multiple of the block L) end to end,
     with P zero rows before and after, so block t's L + 2P keys are rows [t L, t L + L + 2P): an
@@ -79,8 +87,8 @@ class BandedAttention(torch.autograd.Function):
     log-sum-exps are set to +inf, so backward recomputes their window probabilities as 0.
     Saved: the input x, the padded q, k, v rows and the output; the windows are never materialised. Dropout's
     masks are not saved either: backward draws them again from the same seed (`_DropoutMasks`).
-    Everything runs in x's dtype but the log-sum-exps, the global keys' part and dropout's softmax (fp32); the
-    gradients are summed in fp32 and returned in their inputs' dtypes.
+    Everything runs in x's dtype but the log-sum-exps, the global keys' part and the written-out softmax (fp32);
+    the gradients are summed in fp32 and returned in their inputs' dtypes.
     """
 
     @staticmethod
@@ -100,11 +108,12 @@ class BandedAttention(torch.autograd.Function):
         scale = head_dim ** -0.5
         q, k, v = _blocked(rows, block, pad)
         dropped = _DropoutMasks(dropout_p, seed) if dropout_p else None
-        if dropped:
-            out, lse = _window_dropout_forward(q, k, v, mask, scale, dropped)
-        else:
+        ctx.flash = _flash(x.dtype, dropout_p, training=any(ctx.needs_input_grad))
+        if ctx.flash:
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 q, k, v, attn_mask=mask, scale=scale)  # (T, H, L, d), (T, H, L)
+        else:
+            out, lse = _window_written_out_forward(q, k, v, mask, scale, dropped)
         out_tokens, lse_tokens = _tokens_first(out, lse, batch)  # (B, n_pad, H, d), (B, n_pad, H): views
         if global_index.shape[1]:
             for i in range(batch):
@@ -132,10 +141,11 @@ class BandedAttention(torch.autograd.Function):
         grad_tokens = _token_rows(grad_rows, pad, batch)
         grad_q = _blocked(grad_rows, block, pad)[0]
         dropped = _DropoutMasks(ctx.dropout_p, ctx.seed) if ctx.dropout_p else None  # the forward's, in its order
-        if dropped:
-            _window_dropout_backward(grad_blocks, q, k, v, out, lse, mask, scale, dropped, grad_q, grad_rows, block)
-        else:
+        if ctx.flash:
             _window_flash_backward(grad_blocks, q, k, v, out, lse, mask, scale, grad_q, grad_rows, block)
+        else:
+            _window_written_out_backward(grad_blocks, q, k, v, out, lse, mask, scale, dropped, grad_q, grad_rows,
+                                         block)
         if global_index.shape[1]:
             out_tokens, lse_tokens = _tokens_first(out, lse, batch)
             for i in range(batch):
@@ -186,69 +196,87 @@ class _DropoutMasks:
         return keep_mask(out, self.p, self.generator, self.words)
 
 
-def _window_dropout_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float,
-                            dropped: _DropoutMasks) -> tuple[Tensor, Tensor]:
-    """Window attention with dropout on the probabilities, a chunk of blocks at a time (the softmax written out): out
-    (T, H, L, d) and log-sum-exp (T, H, L), laid out token-major in memory, as the flash kernel lays out its own."""
+def _window_written_out_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float,
+                                dropped: _DropoutMasks | None) -> tuple[Tensor, Tensor]:
+    """Window attention with the softmax written out, a chunk of blocks at a time: the scores are q's products in
+    q's dtype (bf16 products at the bf16 rate, fp32 sums), their softmax in fp32, dropped out (if `dropped`), then
+    multiplied with v in q's dtype. out (T, H, L, d) and log-sum-exp (T, H, L), laid out token-major in memory, as
+    the flash kernel lays out its own."""
     blocks, heads, block, head_dim = q.shape
     out = q.new_empty(blocks, block, heads, head_dim).transpose(1, 2)
     lse = q.new_empty(blocks, block, heads, dtype=_accumulation(q.dtype)).transpose(1, 2)
-    work = _dropout_work(q, k, 2)
+    products, work = _score_work(q, k, 2)
     for part in _chunks(blocks, work.shape[1]):
-        scores, keep = work[:, :part.stop - part.start]  # (c, H, L, L + 2P) each
-        _window_scores(q[part], k[part], mask[part], scale, scores)
-        top = scores.amax(-1, keepdim=True)
-        weights = scores.sub_(top).exp_()  # the softmax's numerators
-        total = weights.sum(-1, keepdim=True)  # (c, H, L, 1)
-        lse[part] = (top + total.log()).squeeze(-1)
-        # the softmax's normalisation and dropout's 1 / (1 - p) go on the output, (c, H, L, d)
-        kept = _heads_batched(weights.mul_(dropped(keep)))  # (c H, L, L + 2P)
-        out_c = (kept @ _heads_batched(v[part], scores.dtype)).view(*scores.shape[:3], head_dim)
-        out[part] = out_c.mul_(dropped.scale / total)
+        c = part.stop - part.start
+        raw = _window_scores(q[part], k[part], mask[part], scale, products[:c])  # (c, H, L, L + 2P)
+        probs, keep = work[:, :c]
+        torch.ops.aten.softmax.int_out(raw, -1, probs.dtype, out=probs)
+        # the log-sum-exp from the largest score, whose probability never underflows: top - log(its probability)
+        lse[part] = raw.amax(-1).to(lse.dtype).sub_(probs.amax(-1).log_())
+        kept = torch.mul(probs, dropped(keep), out=raw) if dropped else _in_dtype(probs, raw)  # raw is spent
+        out_c = _scaled_product(_heads_batched(kept), _heads_batched(v[part]), dropped.scale if dropped else 1)
+        out[part] = out_c.view(c, heads, block, head_dim)
     return out, lse
 
 
-def _window_dropout_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor,
-                             scale: float, dropped: _DropoutMasks, grad_q: Tensor, grad_rows: Tensor,
-                             block: int) -> None:
-    """As `_window_flash_backward`, with dropout, a chunk of blocks at a time: the probabilities are recomputed from
-    the merged log-sum-exp (so they are those of the softmax over the window and the global keys), the masks drawn
-    again. The softmax scale goes on q's and k's gradients, which are smaller than the scores."""
-    work = _dropout_work(q, k, 3)
+def _window_written_out_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                                 mask: Tensor, scale: float, dropped: _DropoutMasks | None, grad_q: Tensor,
+                                 grad_rows: Tensor, block: int) -> None:
+    """As `_window_flash_backward`, with the softmax written out, a chunk of blocks at a time: the probabilities are
+    recomputed from the merged log-sum-exp (so they are those of the softmax over the window and the global keys),
+    dropout's masks drawn again. The products are in q's dtype and what lies between them in fp32; the casts to q's
+    dtype are fused into the elementwise op before each product, and the scales (the softmax's, dropout's
+    1 / (1 - p)) go into the products, so that each operand is rounded to bf16 once."""
+    products, work = _score_work(q, k, 3)
+    keep_scale = dropped.scale if dropped else 1
     for part in _chunks(q.shape[0], work.shape[1]):
-        scores, keep, scratch = (_heads_batched(t) for t in work[:, :part.stop - part.start])  # (c H, L, L + 2P)
-        q_c, k_c, v_c, grad_c, out_c = (_heads_batched(t[part], scores.dtype) for t in (q, k, v, grad, out))
-        _window_scores(q_c.view(-1, *q.shape[1:]), k_c.view(-1, *k.shape[1:]), mask[part], scale,
-                       scores.view(-1, *q.shape[1:3], k.shape[2]))
-        probs = scores.sub_(_heads_batched(lse[part, ..., None])).exp_()
-        dropped(keep)
-        grad_scaled = grad_c * dropped.scale  # (c H, L, d): dropout's 1 / (1 - p) here, not on the probabilities
-        grad_v = torch.mul(probs, keep, out=scratch).transpose(1, 2) @ grad_scaled  # (c H, L + 2P, d)
+        c = part.stop - part.start
+        raw = _heads_batched(_window_scores(q[part], k[part], mask[part], scale, products[:c]))  # (c H, L, L + 2P)
+        probs, keep, scratch = (_heads_batched(t) for t in work[:, :c])  # fp32
+        torch.sub(raw, _heads_batched(lse[part, ..., None]), out=probs).exp_()
+        q_c, k_c, v_c, grad_c, out_c = (_heads_batched(t[part]) for t in (q, k, v, grad, out))
+        kept = torch.mul(probs, dropped(keep), out=raw) if dropped else _in_dtype(probs, raw)  # raw is spent
+        grad_v = _scaled_product(kept.transpose(1, 2), grad_c, keep_scale)  # (c H, L + 2P, d)
         _add_windows_grad(grad_rows[:, 2], grad_v.view(-1, *k.shape[1:]), block, part.start)
-        delta = (grad_c * out_c).sum(-1, keepdim=True)  # softmax backward's row term, (c H, L, 1)
-        grad_probs = torch.bmm(grad_scaled, v_c.transpose(1, 2), out=scratch).mul_(keep)
-        grad_scores = probs.mul_(grad_probs.sub_(delta))  # without the softmax scale
-        grad_q[part] = (grad_scores @ k_c).mul_(scale).view(-1, *q.shape[1:])
-        grad_k = (grad_scores.transpose(1, 2) @ q_c).mul_(scale)
+        delta = (grad_c.to(probs.dtype) * out_c).sum(-1, keepdim=True)  # softmax backward's row term, (c H, L, 1)
+        grad_kept = _scaled_product(grad_c, v_c.transpose(1, 2), keep_scale, out=raw)
+        grad_probs = torch.mul(grad_kept, keep, out=scratch) if dropped else torch.sub(grad_kept, delta, out=scratch)
+        if dropped:
+            grad_probs.sub_(delta)
+        grad_scores = torch.mul(probs, grad_probs, out=raw)  # without the softmax scale; raw is spent
+        grad_q[part] = _scaled_product(grad_scores, k_c, scale).view(-1, *q.shape[1:])
+        grad_k = _scaled_product(grad_scores.transpose(1, 2), q_c, scale)
         _add_windows_grad(grad_rows[:, 1], grad_k.view(-1, *k.shape[1:]), block, part.start)
 
 
-def _window_scores(q: Tensor, k: Tensor, mask: Tensor, scale: float, scores: Tensor) -> None:
+def _scaled_product(a: Tensor, b: Tensor, alpha: float, out: Tensor | None = None) -> Tensor:
+    """alpha (a @ b), batched, the scale applied to the product's sums: a bf16 result is rounded once."""
+    return torch.baddbmm(a.new_zeros(()), a, b, beta=0, alpha=alpha, out=out)
+
+
+def _in_dtype(t: Tensor, buffer: Tensor) -> Tensor:
+    """t in the products' dtype, buffer's: t itself, or t copied into buffer (whose contents are spent)."""
+    return t if t.dtype == buffer.dtype else buffer.copy_(t)
+
+
+def _window_scores(q: Tensor, k: Tensor, mask: Tensor, scale: float, scores: Tensor) -> Tensor:
     """A chunk's scaled, masked scores, q (c, H, L, d) against k (c, H, L + 2P, d) under mask (c, 1, L, L + 2P), into
-    scores (c, H, L, L + 2P), in its dtype: one product per block, whose heads' strided rows bmm takes as they are."""
+    scores (c, H, L, L + 2P), in their dtype: one product per block, whose heads' strided rows bmm takes as they are.
+    Returns scores."""
     for b in range(q.shape[0]):
-        torch.baddbmm(mask[b], q[b].to(scores.dtype), k[b].to(scores.dtype).transpose(1, 2), alpha=scale,
-                      out=scores[b])
+        torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale, out=scores[b])
+    return scores
 
 
-def _dropout_work(q: Tensor, k: Tensor, count: int) -> Tensor:
-    """count buffers of a chunk of blocks' scores, (count, c, H, L, L + 2P), in fp32 (or wider), reused by every
-    chunk: fresh ones would page-fault. A chunk holds as many blocks as `_DROPOUT_CHUNK_SCORES` scores allow, at
-    least one: with short windows a block's products are small, and one block at a time would spend the step on
-    each operation's fixed cost."""
+def _score_work(q: Tensor, k: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Buffers for a chunk of blocks' scores, reused by every chunk (fresh ones would page-fault): the products, in
+    q's dtype (c, H, L, L + 2P), and `count` more in fp32 (or wider), (count, c, H, L, L + 2P). A chunk holds as many
+    blocks as `_WRITTEN_OUT_CHUNK_SCORES` scores allow, at least one: with short windows a block's products are
+    small, and one block at a time would spend the step on each operation's fixed cost."""
     per_block = q.shape[1] * q.shape[2] * k.shape[2]
-    chunk = max(1, min(q.shape[0], _DROPOUT_CHUNK_SCORES // per_block))
-    return q.new_empty(count, chunk, *q.shape[1:3], k.shape[2], dtype=_accumulation(q.dtype))
+    chunk = max(1, min(q.shape[0], _WRITTEN_OUT_CHUNK_SCORES // per_block))
+    shape = (chunk, *q.shape[1:3], k.shape[2])
+    return q.new_empty(shape), q.new_empty(count, *shape, dtype=_accumulation(q.dtype))
 
 
 def _chunks(blocks: int, chunk: int) -> list[slice]:

@@ -63,6 +63,26 @@ def override(key: str, value: object) -> str:
 class Requeued:
     name: str
     overrides: list[str]
+    targets: list[str]  # `dvc exp run` flags and stages, as it was queued with
+
+
+# `dvc exp run` options that DVC keeps with a queued experiment (in its commit's .dvc/tmp/repro.dat), by flag
+_REPRO_FLAGS = {"single_item": "--single-item", "force": "--force", "pipeline": "--pipeline",
+                "all_pipelines": "--all-pipelines", "downstream": "--downstream", "recursive": "--recursive",
+                "force_downstream": "--force-downstream", "pull": "--pull", "allow_missing": "--allow-missing"}
+
+
+def queued_targets(root: Path, stash_rev: str) -> list[str]:
+    """The flags and stages an experiment was queued with (`dvc exp run --queue train` -> ["train"]), from the
+    arguments DVC stored in its queued commit."""
+    import pickle
+
+    packed = subprocess.run(["git", "show", f"{stash_rev}:.dvc/tmp/repro.dat"], cwd=root, capture_output=True)
+    if packed.returncode:
+        raise DataError(f"queued experiment {stash_rev[:7]} holds no .dvc/tmp/repro.dat: queue it again yourself")
+    options = pickle.loads(packed.stdout)["kwargs"]  # written by DVC in this repository
+    flags = [flag for key, flag in _REPRO_FLAGS.items() if options.get(key)]
+    return flags + list(options.get("targets") or [])
 
 
 def resume_queue(root: Path, jobs: int = 1, start: bool = True) -> list[Requeued]:
@@ -70,9 +90,10 @@ def resume_queue(root: Path, jobs: int = 1, start: bool = True) -> list[Requeued
 
     A killed worker leaves its experiment "Failed" (`dvc queue status`); a stopped machine leaves it "Running" with no
     worker alive, which `dvc queue kill` turns into "Failed". Each failed experiment is then queued again under its
-    own name with the params it was queued with (`-S`, against the workspace's params.yaml), its failed entry
-    removed, and (if `start`) `dvc queue start --jobs jobs` runs the queue. Experiments that finished keep their
-    results; those still queued stay queued.
+    own name with the params it was queued with (`-S`, against the workspace's params.yaml) and its targets and
+    flags (`dvc exp run --queue train` stays up to `train`), its failed entry removed, and (if `start`)
+    `dvc queue start --jobs jobs` runs the queue. Experiments that finished keep their results; those still queued
+    stay queued.
     """
     from dvc.repo import Repo
 
@@ -90,9 +111,11 @@ def resume_queue(root: Path, jobs: int = 1, start: bool = True) -> list[Requeued
     for name, stash_rev in failed:
         queued_params = flat(yaml.safe_load(git_show(root, stash_rev, "params.yaml") or "{}"))
         overrides = [override(key, value) for key, value in queued_params.items() if current.get(key) != value]
+        targets = queued_targets(root, stash_rev)
         dvc("queue", "remove", name, root=root)
-        dvc("exp", "run", "--queue", "--name", name, *[arg for o in overrides for arg in ("-S", o)], root=root)
-        requeued.append(Requeued(name, overrides))
+        dvc("exp", "run", "--queue", "--name", name, *[arg for o in overrides for arg in ("-S", o)], *targets,
+            root=root)
+        requeued.append(Requeued(name, overrides, targets))
     if start:  # its workers go on in the background and would hold any pipe they were given
         started = subprocess.run(["dvc", "queue", "start", "--jobs", str(jobs)], cwd=root, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
