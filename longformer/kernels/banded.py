@@ -73,8 +73,8 @@ def _query_block(one_sided: int, dropout_p: float, dtype: torch.dtype = torch.fl
 class BandedAttention(torch.autograd.Function):
     """The q/k/v projection, then window + global-key attention on PyTorch's CPU flash-attention kernels, or with the
     softmax written out on the same layout a few blocks at a time (`_window_written_out_*`): under attention
-    dropout, which those kernels lack, and in bf16, where they compute at the fp32 rate. The picture of the layout
-    and the invariants forward and backward share: docs/kernels.md.
+    dropout, which those kernels lack, and in bf16 training, where their backward computes at the fp32 rate. The
+    picture of the layout and the invariants forward and backward share: docs/kernels.md.
 
     Tokens are laid out as rows: the batch's sequences (each padded to a multiple of the block L) end to end,
     with P zero rows before and after, so block t's L + 2P keys are rows [t L, t L + L + 2P): an
@@ -284,10 +284,10 @@ def _chunks(blocks: int, chunk: int) -> list[slice]:
     return [slice(first, min(first + chunk, blocks)) for first in range(0, blocks, chunk)]
 
 
-def _heads_batched(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """(c, H, rows, cols) -> (c H, rows, cols) in `dtype` (default: t's), as bmm takes it: a view where the strides
-    allow (one block, or a contiguous chunk), else a copy."""
-    return t.to(dtype or t.dtype).reshape(-1, *t.shape[-2:])
+def _heads_batched(t: Tensor) -> Tensor:
+    """(c, H, rows, cols) -> (c H, rows, cols), as bmm takes it: a view where the strides allow (one block, or a
+    contiguous chunk), else a copy."""
+    return t.reshape(-1, *t.shape[-2:])
 
 
 def _token_rows(rows: Tensor, pad: int, batch: int) -> Tensor:
