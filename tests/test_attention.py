@@ -40,13 +40,12 @@ def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, flash, chu
     float64's tolerances: 1e-6 relative), which with dropout also checks that backward draws the forward's masks
     again (a fixed seed makes the function deterministic)."""
     monkeypatch.setattr(banded_kernel, "_BACKWARD_CHUNK_TOKENS", chunk_tokens)
-    monkeypatch.setattr(banded_kernel, "_FLASH_DTYPES", banded_kernel._FLASH_DTYPES if flash else ())
     monkeypatch.setattr(banded_kernel, "_WRITTEN_OUT_BLOCK", block_at_most)
     monkeypatch.setattr(banded_kernel, "_TRAINING_BLOCK", block_at_most)
     monkeypatch.setattr(banded_kernel, "_WRITTEN_OUT_CHUNK_SCORES", chunk_scores)  # 2 heads: 24 scores a block of 2
     one_sided = 2
     masks = masks_for(n, globals_)
-    mask, block, pad = masks.band.mask(one_sided, banded_kernel._query_block(one_sided, dropout_p), torch.float64)
+    mask, block, pad = masks.band.mask(one_sided, banded_kernel._query_block(one_sided, flash, True), torch.float64)
     heads, dim = 2, 8
     gen = torch.Generator().manual_seed(n)
     inputs = [torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -55,7 +54,7 @@ def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, flash, chu
         inputs.pop()  # no global rows to put
 
     def banded(x, weight, bias, global_rows=None):
-        return BandedAttention.apply(x, weight, bias, heads, mask, block, pad, masks.global_index,
+        return BandedAttention.apply(x, weight, bias, heads, mask, block, pad, flash, masks.global_index,
                                      masks.global_present, dropout_p, 123, global_rows).flatten(2)
 
     def reference(x, weight, bias, global_rows=None):
@@ -87,8 +86,8 @@ def test_banded_attention_dropout_zeroes_probabilities_and_rescales_the_rest():
     bias = torch.zeros(3 * dim, dtype=torch.float64)
 
     def probabilities(dropout_p: float, seed: int) -> torch.Tensor:  # (2, n, key position)
-        return BandedAttention.apply(x, weight, bias, 1, mask, block, pad, masks.global_index, masks.global_present,
-                                     dropout_p, seed)[:, :, 0]
+        return BandedAttention.apply(x, weight, bias, 1, mask, block, pad, not dropout_p, masks.global_index,
+                                     masks.global_present, dropout_p, seed)[:, :, 0]
 
     regular = masks.key_local  # queries that are real and not global (a global query's row is replaced later)
     probs, dropped = probabilities(0.0, 0)[regular], probabilities(p, 7)[regular]  # (queries, key position)

@@ -41,11 +41,14 @@ def banded_attention(x: Tensor, weight: Tensor, bias: Tensor, band: BandMasks, g
     which replace their rows.
     """
     dtype = compute_dtype(x)
-    mask, block, pad = band.mask(one_sided, _query_block(one_sided, dropout_p, dtype), dtype)  # additive
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                               for t in (x, weight, bias, global_rows))  # a backward follows
+    flash = _flash(dtype, dropout_p, training)
+    mask, block, pad = band.mask(one_sided, _query_block(one_sided, flash, training), dtype)  # additive
     seed = int(torch.randint(2**62, ())) if dropout_p else 0  # from the global RNG: torch.manual_seed rules
     with without_autocast():
         global_rows = None if global_rows is None else global_rows.to(dtype)
-        return BandedAttention.apply(x.to(dtype), weight, bias, num_heads, mask, block, pad, global_index,
+        return BandedAttention.apply(x.to(dtype), weight, bias, num_heads, mask, block, pad, flash, global_index,
                                      global_present, dropout_p, seed, global_rows).flatten(2)
 
 
@@ -60,12 +63,11 @@ def _flash(dtype: torch.dtype, dropout_p: float, training: bool) -> bool:
     return not dropout_p and (dtype in _FLASH_DTYPES or not training)
 
 
-def _query_block(one_sided: int, dropout_p: float, dtype: torch.dtype = torch.float32) -> int:
+def _query_block(one_sided: int, flash: bool, training: bool) -> int:
     """Queries per block of `BandedAttention` (`query_block`), at most the block its path takes: smaller blocks
     compute fewer scores outside the band, but the products get smaller too, and in the flash kernels' backward
     that costs more below 128 queries than it saves."""
-    training = torch.is_grad_enabled()
-    if not _flash(dtype, dropout_p, training):
+    if not flash:
         return query_block(one_sided, _WRITTEN_OUT_BLOCK)
     return query_block(one_sided, _TRAINING_BLOCK if training else _FORWARD_BLOCK)
 
@@ -93,7 +95,7 @@ class BandedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, heads: int, mask: Tensor, block: int, pad: int,
-                global_index: Tensor, global_present: Tensor, dropout_p: float = 0.0, seed: int = 0,
+                flash: bool, global_index: Tensor, global_present: Tensor, dropout_p: float = 0.0, seed: int = 0,
                 global_rows: Tensor | None = None) -> Tensor:
         batch, n, dim = x.shape
         head_dim = dim // heads
@@ -108,8 +110,7 @@ class BandedAttention(torch.autograd.Function):
         scale = head_dim ** -0.5
         q, k, v = _blocked(rows, block, pad)
         dropped = _DropoutMasks(dropout_p, seed) if dropout_p else None
-        ctx.flash = _flash(x.dtype, dropout_p, training=any(ctx.needs_input_grad))
-        if ctx.flash:
+        if flash:
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 q, k, v, attn_mask=mask, scale=scale)  # (T, H, L, d), (T, H, L)
         else:
@@ -123,7 +124,7 @@ class BandedAttention(torch.autograd.Function):
                     _put_global_rows(global_rows[i].view(-1, heads, head_dim), global_index[i], global_present[i],
                                      out_tokens[i], lse_tokens[i])
         ctx.save_for_backward(x, weight, rows, mask, out, lse, global_index, global_present)
-        ctx.block, ctx.pad, ctx.scale, ctx.dropout_p, ctx.seed = block, pad, scale, dropout_p, seed
+        ctx.block, ctx.pad, ctx.flash, ctx.scale, ctx.dropout_p, ctx.seed = block, pad, flash, scale, dropout_p, seed
         return out_tokens[:, :n]
 
     @staticmethod
@@ -160,7 +161,7 @@ class BandedAttention(torch.autograd.Function):
             grad_global_rows = torch.where(global_present[..., None], gather_rows(grad_out, global_index).flatten(2),
                                            0)
         grad_weight = weight_grad(grad_qkv, x.reshape(batch * n, -1))
-        return (grad_x, grad_weight, grad_bias) + (None,) * 8 + (grad_global_rows,)
+        return (grad_x, grad_weight, grad_bias) + (None,) * 9 + (grad_global_rows,)
 
 
 def _window_flash_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Tensor,
