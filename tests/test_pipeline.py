@@ -95,7 +95,7 @@ def test_dvc_repro_then_experiment(project):
     edits_make_only_the_stages_that_run_them_stale(project)
 
     sh("git add -A && git commit -qm baseline", project)
-    log = sh("dvc exp run -S head.dropout=0.5", project)
+    log = sh("dvc exp run -S head.dropout=0.5 -S train.epochs=1", project)  # one epoch keeps it short
     assert stages_run(log) == {"train", "evaluate", "export"}
     experiments = json.loads(run("dvc exp show --json", project).stdout)
     dropouts = []
