@@ -253,7 +253,7 @@ def test_a_killed_queued_experiment_resumes_and_ends_as_if_never_stopped(project
     the experiment that finished before keeps its results, and one with other params queued meanwhile starts
     afresh. Experiments differing only in train.resume_every compute the same: DVC's run cache cannot stand in."""
     committed_baseline(project)
-    same = "-S head.dropout=0.2"
+    same = "-S head.dropout=0.2 -S train.epochs=1"
     sh(f"dvc exp run --queue train -n whole {same} -S train.resume_every=1000", project)
     sh(f"dvc exp run --queue train -n killed {same} -S train.resume_every=40", project)
     sh("dvc queue start > /dev/null 2>&1", project)  # its worker would hold a pipe until the queue is done
@@ -265,9 +265,9 @@ def test_a_killed_queued_experiment_resumes_and_ends_as_if_never_stopped(project
     killed_state = states()
     assert len(killed_state) == 1 and killed_state[0].stat().st_size > 0
 
-    sh("dvc exp run --queue train -n other -S head.dropout=0.3", project)
+    sh("dvc exp run --queue train -n other -S head.dropout=0.3 -S train.epochs=1", project)
     log = sh("python -m stages.sweep resume", project)
-    assert "queued again: killed -S head.dropout=0.2 -S train.resume_every=40 train" in log, log
+    assert "queued again: killed -S head.dropout=0.2 -S train.epochs=1 -S train.resume_every=40 train" in log, log
     wait_for(lambda: {"killed", "other"} <= committed_experiments(project), "the queue's experiments", every=1,
              timeout=300)  # a failed one never comes
     wait_for(lambda: queue_is_done(project), "the queue", every=1)  # its copies of the repository removed
