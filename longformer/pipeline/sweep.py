@@ -36,10 +36,16 @@ def dvc(*args: str, root: Path) -> str:
     return result.stdout
 
 
-def git_show(root: Path, rev: str, path: str) -> str | None:
-    """A file as commit `rev` holds it; None where it holds none."""
-    result = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
+def git_blob(root: Path, rev: str, path: str) -> bytes | None:
+    """A file's bytes as commit `rev` holds it; None where it holds none."""
+    result = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True)
     return result.stdout if result.returncode == 0 else None
+
+
+def git_show(root: Path, rev: str, path: str) -> str | None:
+    """A text file as commit `rev` holds it; None where it holds none."""
+    blob = git_blob(root, rev, path)
+    return None if blob is None else blob.decode()
 
 
 def flat(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -77,10 +83,10 @@ def queued_targets(root: Path, stash_rev: str) -> list[str]:
     arguments DVC stored in its queued commit."""
     import pickle
 
-    packed = subprocess.run(["git", "show", f"{stash_rev}:.dvc/tmp/repro.dat"], cwd=root, capture_output=True)
-    if packed.returncode:
+    packed = git_blob(root, stash_rev, ".dvc/tmp/repro.dat")
+    if packed is None:
         raise DataError(f"queued experiment {stash_rev[:7]} holds no .dvc/tmp/repro.dat: queue it again yourself")
-    options = pickle.loads(packed.stdout)["kwargs"]  # written by DVC in this repository
+    options = pickle.loads(packed)["kwargs"]  # written by DVC in this repository
     flags = [flag for key, flag in _REPRO_FLAGS.items() if options.get(key)]
     return flags + list(options.get("targets") or [])
 
