@@ -214,7 +214,7 @@ def _window_written_out_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, s
         torch.ops.aten.softmax.int_out(raw, -1, probs.dtype, out=probs)
         # the log-sum-exp from the largest score, whose probability never underflows: top - log(its probability)
         lse[part] = raw.amax(-1).to(lse.dtype).sub_(probs.amax(-1).log_())
-        kept = torch.mul(probs, dropped(keep), out=raw) if dropped else _in_dtype(probs, raw)  # raw is spent
+        kept = _kept(probs, dropped, keep, raw)
         out_c = _scaled_product(_heads_batched(kept), _heads_batched(v[part]), dropped.scale if dropped else 1)
         out[part] = out_c.view(c, heads, block, head_dim)
     return out, lse
@@ -236,14 +236,15 @@ def _window_written_out_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
         probs, keep, scratch = (_heads_batched(t) for t in work[:, :c])  # fp32
         torch.sub(raw, _heads_batched(lse[part, ..., None]), out=probs).exp_()
         q_c, k_c, v_c, grad_c, out_c = (_heads_batched(t[part]) for t in (q, k, v, grad, out))
-        kept = torch.mul(probs, dropped(keep), out=raw) if dropped else _in_dtype(probs, raw)  # raw is spent
+        kept = _kept(probs, dropped, keep, raw)
         grad_v = _scaled_product(kept.transpose(1, 2), grad_c, keep_scale)  # (c H, L + 2P, d)
         _add_windows_grad(grad_rows[:, 2], grad_v.view(-1, *k.shape[1:]), block, part.start)
         delta = (grad_c.to(probs.dtype) * out_c).sum(-1, keepdim=True)  # softmax backward's row term, (c H, L, 1)
         grad_kept = _scaled_product(grad_c, v_c.transpose(1, 2), keep_scale, out=raw)
-        grad_probs = torch.mul(grad_kept, keep, out=scratch) if dropped else torch.sub(grad_kept, delta, out=scratch)
         if dropped:
-            grad_probs.sub_(delta)
+            grad_probs = torch.mul(grad_kept, keep, out=scratch).sub_(delta)
+        else:
+            grad_probs = torch.sub(grad_kept, delta, out=scratch)
         grad_scores = torch.mul(probs, grad_probs, out=raw)  # without the softmax scale; raw is spent
         grad_q[part] = _scaled_product(grad_scores, k_c, scale).view(-1, *q.shape[1:])
         grad_k = _scaled_product(grad_scores.transpose(1, 2), q_c, scale)
@@ -255,9 +256,13 @@ def _scaled_product(a: Tensor, b: Tensor, alpha: float, out: Tensor | None = Non
     return torch.baddbmm(a.new_zeros(()), a, b, beta=0, alpha=alpha, out=out)
 
 
-def _in_dtype(t: Tensor, buffer: Tensor) -> Tensor:
-    """t in the products' dtype, buffer's: t itself, or t copied into buffer (whose contents are spent)."""
-    return t if t.dtype == buffer.dtype else buffer.copy_(t)
+def _kept(probs: Tensor, dropped: _DropoutMasks | None, keep: Tensor, buffer: Tensor) -> Tensor:
+    """The probabilities (fp32) that dropout keeps (zeros elsewhere; its 1 / (1 - p) is left to the product), in the
+    products' dtype, buffer's: probs itself, or written into buffer (whose contents are spent). keep: dropout's
+    mask buffer, drawn into here."""
+    if dropped:
+        return torch.mul(probs, dropped(keep), out=buffer)
+    return probs if probs.dtype == buffer.dtype else buffer.copy_(probs)
 
 
 def _window_scores(q: Tensor, k: Tensor, mask: Tensor, scale: float, scores: Tensor) -> Tensor:
