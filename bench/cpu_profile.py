@@ -28,8 +28,10 @@ from bench.harness import best_rates, build_models, cpu_kind, cpu_label, matmul_
 
 # torch.profiler op name -> the kind of work it is (the first pattern that matches; ops matching none: "other")
 KINDS = [
-    ("products", r"mkldnn::|aten::(mm|addmm|bmm|linear|matmul)$"),
+    ("products", r"mkldnn::|aten::(mm|addmm|linear|matmul)$"),  # the linear layers'
+    ("attention products", r"aten::b(addb)?mm_?$"),  # the written-out softmax's and the global keys'
     ("flash attention", r"flash_attention"),
+    ("random numbers", r"aten::(random_|bernoulli_|uniform_)"),  # dropout's masks
     ("fills", r"aten::(fill_|zero_|zeros|empty|new_zeros|full)"),
     ("copies", r"aten::(copy_|clone|contiguous|cat|stack|index_put_|index|gather|scatter)"),
     ("activation", r"gelu|relu|tanh"),

@@ -19,6 +19,7 @@ Each model's time is the fastest of --repeats passes over all the reviews, after
 natively); ours is also timed predicting the reviews as the evaluate stage does (batches of 8).
 
     python -m bench.small_encoder --precision bf16    # writes ...-minilm-bf16.json
+    python -m bench.small_encoder --only-ours --profile --precision bf16    # where ours' step goes, by kind of op
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,6 +45,7 @@ from longformer.pipeline.inference import predict_logits
 from longformer.pipeline.precision import autocast
 from longformer.pipeline.step import classification_loss, make_optimizer, optimizer_step
 
+from bench.cpu_profile import profiled_kinds
 from bench.harness import LogitsOf, cpu_kind, cpu_label, results_path, write_results
 from bench.imdb_sample import IMDB
 
@@ -77,22 +80,42 @@ def build_models(directory: Path, scratch: Path, only_ours: bool = False) -> dic
             f"transformers BERT, {SHORT} tokens": (LogitsOf(bert), SHORT), f"ours, {SHORT} tokens": (ours, SHORT)}
 
 
-def time_training(model: torch.nn.Module, steps: list[list[dict[str, torch.Tensor]]], repeats: int,
-                  precision: str = "fp32") -> float:
-    """Seconds for an optimizer step over each list of batches (the fastest of `repeats` passes over them all),
-    after a warm-up step."""
+def training_pass(model: torch.nn.Module, steps: list[list[dict[str, torch.Tensor]]],
+                  precision: str = "fp32") -> Callable[[], None]:
+    """A function that makes an optimizer step over each list of batches, after a warm-up step made here."""
     model.train()
     optimizer = make_optimizer(model, lr=1e-5)
     recipe = dict(loss_of=classification_loss(0.1), max_grad_norm=1.0,
                   autocast=lambda: autocast(torch.device("cpu"), precision))
     optimizer_step(model, steps[0], optimizer, **recipe)
+
+    def run() -> None:
+        for batches in steps:
+            optimizer_step(model, batches, optimizer, **recipe)
+
+    return run
+
+
+def time_training(model: torch.nn.Module, steps: list[list[dict[str, torch.Tensor]]], repeats: int,
+                  precision: str = "fp32") -> float:
+    """Seconds for an optimizer step over each list of batches (the fastest of `repeats` passes over them all),
+    after a warm-up step."""
+    run = training_pass(model, steps, precision)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        for batches in steps:
-            optimizer_step(model, batches, optimizer, **recipe)
+        run()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def profile_of(run: Callable[[], None]) -> dict:
+    """One call of run under the profiler: seconds of self time by kind of op and the ten slowest ops (printed)."""
+    kinds, top_ops = profiled_kinds(run)
+    print("    profiled, by kind of op (self time): " + ", ".join(
+        f"{kind} {seconds:.2f} s" for kind, seconds in sorted(kinds.items(), key=lambda item: -item[1])))
+    print("    the slowest ops: " + ", ".join(f"{op} {seconds:.2f} s" for op, seconds in top_ops), flush=True)
+    return dict(kinds_s=kinds, top_ops_s=dict(top_ops))
 
 
 def main() -> None:
@@ -105,6 +128,8 @@ def main() -> None:
     parser.add_argument("--default-allocator", action="store_true", help="glibc's defaults (page faults)")
     parser.add_argument("--only-ours", action="store_true", help="time ours alone (A/B runs of a setting)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one more pass of ours at each batch size: its time by kind of op")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     out = args.out or results_path(cpu_label(cpu_kind()), "minilm" + ("-bf16" if args.precision == "bf16" else ""))
@@ -117,7 +142,7 @@ def main() -> None:
     lengths = [len(r) for r in reviews]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(reviews)} IMDb test reviews, "
           f"{sum(lengths)} tokens, longest {max(lengths)}, {sum(n > SHORT for n in lengths)} over {SHORT}", flush=True)
-    rows = []
+    rows, profiles = [], {}
     with tempfile.TemporaryDirectory() as scratch:
         models = build_models(directory, Path(scratch), args.only_ours)
         for batch_size in args.batch_sizes:
@@ -133,6 +158,8 @@ def main() -> None:
                                  seconds=seconds, reviews_per_s=len(cut) / seconds))
                 print(f"  batch {batch_size}  {name:32s} {seconds:7.1f} s  {len(cut) / seconds:6.2f} reviews/s",
                       flush=True)
+                if args.profile and name == "ours":
+                    profiles[f"batch {batch_size}"] = profile_of(training_pass(model, steps, args.precision))
         ours = models["ours"][0]
         predict_logits(ours, Dataset.from_dict({"input_ids": reviews[:8]}), 8, precision=args.precision)  # warm-up
         start = time.perf_counter()
@@ -146,7 +173,8 @@ def main() -> None:
     if len(args.batch_sizes) > 1:
         first, last = args.batch_sizes[0], args.batch_sizes[-1]
         summary[f"batch {last} / batch {first}"] = {name: speed[name, last] / speed[name, first] for name in names}
-    write_results(out, args, dict(rows=rows, summary=summary, ours_predicting_reviews_per_s=predicting))
+    write_results(out, args, dict(rows=rows, summary=summary, ours_predicting_reviews_per_s=predicting,
+                                  **(dict(profiles=profiles) if profiles else {})))
     print(json.dumps(summary, indent=2))
 
 

@@ -46,7 +46,7 @@ def test_bench_runs_and_writes_its_summary(tmp_path):
 def test_small_encoder_bench_on_real_reviews(tmp_path):
     out = tmp_path / "minilm.json"
     result = subprocess.run([sys.executable, "-m", "bench.small_encoder", "--reviews", "2", "--batch-sizes", "1", "2",
-                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                             "--profile", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     models = ["ours", "transformers Longformer", "transformers BERT, 512 tokens", "ours, 512 tokens"]
@@ -57,6 +57,9 @@ def test_small_encoder_bench_on_real_reviews(tmp_path):
     # one pipeline batch of 2 reviews; truncated at 512 the same reviews have no more tokens than at 4096
     long, short = report["rows"][0], report["rows"][3]
     assert short["tokens"] <= long["tokens"] <= 2 * 4096
+    # --profile: ours' pass at each batch size by kind of op, the linear layers' products among them
+    assert list(report["profiles"]) == ["batch 1", "batch 2"]
+    assert all(profile["kinds_s"]["products"] > 0 for profile in report["profiles"].values())
 
 
 @pytest.mark.slow  # a bench in a subprocess

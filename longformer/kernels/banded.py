@@ -206,15 +206,15 @@ def _window_written_out_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, s
     blocks, heads, block, head_dim = q.shape
     out = q.new_empty(blocks, block, heads, head_dim).transpose(1, 2)
     lse = q.new_empty(blocks, block, heads, dtype=_accumulation(q.dtype)).transpose(1, 2)
-    products, work = _score_work(q, k, 2)
+    products, work = _score_work(q, k, 3)
     for part in _chunks(blocks, work.shape[1]):
         c = part.stop - part.start
         raw = _window_scores(q[part], k[part], mask[part], scale, products[:c])  # (c, H, L, L + 2P)
-        probs, keep = work[:, :c]
-        torch.ops.aten.softmax.int_out(raw, -1, probs.dtype, out=probs)
+        probs, keep, scratch = work[:, :c]
+        torch.ops.aten.softmax.int_out(_in_dtype_of(scratch, raw), -1, probs.dtype, out=probs)
         # the log-sum-exp from the largest score, whose probability never underflows: top - log(its probability)
         lse[part] = raw.amax(-1).to(lse.dtype).sub_(probs.amax(-1).log_())
-        kept = _kept(probs, dropped, keep, raw)
+        kept = _kept(probs, dropped, keep, scratch, raw)
         out_c = _scaled_product(_heads_batched(kept), _heads_batched(v[part]), dropped.scale if dropped else 1)
         out[part] = out_c.view(c, heads, block, head_dim)
     return out, lse
@@ -234,35 +234,46 @@ def _window_written_out_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
         c = part.stop - part.start
         raw = _heads_batched(_window_scores(q[part], k[part], mask[part], scale, products[:c]))  # (c H, L, L + 2P)
         probs, keep, scratch = (_heads_batched(t) for t in work[:, :c])  # fp32
-        torch.sub(raw, _heads_batched(lse[part, ..., None]), out=probs).exp_()
+        torch.sub(_in_dtype_of(probs, raw), _heads_batched(lse[part, ..., None]), out=probs).exp_()
         q_c, k_c, v_c, grad_c, out_c = (_heads_batched(t[part]) for t in (q, k, v, grad, out))
-        kept = _kept(probs, dropped, keep, raw)
+        kept = _kept(probs, dropped, keep, scratch, raw)
         grad_v = _scaled_product(kept.transpose(1, 2), grad_c, keep_scale)  # (c H, L + 2P, d)
         _add_windows_grad(grad_rows[:, 2], grad_v.view(-1, *k.shape[1:]), block, part.start)
         delta = (grad_c.to(probs.dtype) * out_c).sum(-1, keepdim=True)  # softmax backward's row term, (c H, L, 1)
-        grad_kept = _scaled_product(grad_c, v_c.transpose(1, 2), keep_scale, out=raw)
+        grad_kept = _in_dtype_of(scratch, _scaled_product(grad_c, v_c.transpose(1, 2), keep_scale, out=raw))
         if dropped:
             grad_probs = torch.mul(grad_kept, keep, out=scratch).sub_(delta)
         else:
             grad_probs = torch.sub(grad_kept, delta, out=scratch)
-        grad_scores = torch.mul(probs, grad_probs, out=raw)  # without the softmax scale; raw is spent
+        # without the softmax scale, in the products' dtype; raw is spent
+        grad_scores = _in_dtype_of(raw, grad_probs.mul_(probs))
         grad_q[part] = _scaled_product(grad_scores, k_c, scale).view(-1, *q.shape[1:])
         grad_k = _scaled_product(grad_scores.transpose(1, 2), q_c, scale)
         _add_windows_grad(grad_rows[:, 1], grad_k.view(-1, *k.shape[1:]), block, part.start)
 
 
 def _scaled_product(a: Tensor, b: Tensor, alpha: float, out: Tensor | None = None) -> Tensor:
-    """alpha (a @ b), batched, the scale applied to the product's sums: a bf16 result is rounded once."""
+    """alpha (a @ b), batched, the scale applied to the product's sums: a bf16 result is rounded once. (baddbmm
+    first copies its zero summand over the whole output: a plain bmm where there is no scale.)"""
+    if alpha == 1:
+        return torch.bmm(a, b, out=out)
     return torch.baddbmm(a.new_zeros(()), a, b, beta=0, alpha=alpha, out=out)
 
 
-def _kept(probs: Tensor, dropped: _DropoutMasks | None, keep: Tensor, buffer: Tensor) -> Tensor:
+def _in_dtype_of(buffer: Tensor, t: Tensor) -> Tensor:
+    """t in buffer's dtype: t itself, or copied into buffer (whose contents are spent). PyTorch's CPU elementwise ops
+    copy an operand of another dtype into a fresh tensor, and write an output of another dtype through one: mixing
+    fp32 and bf16 goes through here instead, once, into a reused buffer."""
+    return t if t.dtype == buffer.dtype else buffer.copy_(t)
+
+
+def _kept(probs: Tensor, dropped: _DropoutMasks | None, keep: Tensor, scratch: Tensor, out: Tensor) -> Tensor:
     """The probabilities (fp32) that dropout keeps (zeros elsewhere; its 1 / (1 - p) is left to the product), in the
-    products' dtype, buffer's: probs itself, or written into buffer (whose contents are spent). keep: dropout's
-    mask buffer, drawn into here."""
+    products' dtype, out's: probs itself, or written into scratch (fp32) or out, whose contents are spent. keep:
+    dropout's mask buffer, drawn into here."""
     if dropped:
-        return torch.mul(probs, dropped(keep), out=buffer)
-    return probs if probs.dtype == buffer.dtype else buffer.copy_(probs)
+        return _in_dtype_of(out, torch.mul(probs, dropped(keep), out=scratch))
+    return _in_dtype_of(out, probs)
 
 
 def _window_scores(q: Tensor, k: Tensor, mask: Tensor, scale: float, scores: Tensor) -> Tensor:
@@ -320,6 +331,7 @@ def _add_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int, first
     """The backward of the overlapping windows: add grad_windows (t, H, L + 2P, d) of blocks first.. to grad_rows
     (R, H, d), where window row j of block b is row b L + j."""
     target = grad_rows.view(-1, block, *grad_rows.shape[1:])  # (R / L, L, H, d)
+    grad_windows = grad_windows.to(grad_rows.dtype)  # once: an add of bf16 into fp32 would copy every chunk
     blocks = grad_windows.shape[0]
     for c, chunk in enumerate(grad_windows.transpose(1, 2).split(block, dim=1)):  # chunk c goes to block b + c
         target[first + c:first + c + blocks] += chunk
