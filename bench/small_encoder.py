@@ -46,7 +46,7 @@ from longformer.pipeline.precision import autocast
 from longformer.pipeline.step import classification_loss, make_optimizer, optimizer_step
 
 from bench.cpu_profile import profiled_kinds
-from bench.harness import LogitsOf, cpu_kind, cpu_label, results_path, write_results
+from bench.harness import LogitsOf, best_of, cpu_kind, cpu_label, results_path, write_results
 from bench.imdb_sample import IMDB
 
 LONG, SHORT = 4096, 512  # the long models' length, and BERT's
@@ -96,19 +96,6 @@ def training_pass(model: torch.nn.Module, steps: list[list[dict[str, torch.Tenso
     return run
 
 
-def time_training(model: torch.nn.Module, steps: list[list[dict[str, torch.Tensor]]], repeats: int,
-                  precision: str = "fp32") -> float:
-    """Seconds for an optimizer step over each list of batches (the fastest of `repeats` passes over them all),
-    after a warm-up step."""
-    run = training_pass(model, steps, precision)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def profile_of(run: Callable[[], None]) -> dict:
     """One call of run under the profiler: seconds of self time by kind of op and the ten slowest ops (printed)."""
     kinds, top_ops = profiled_kinds(run)
@@ -153,13 +140,14 @@ def main() -> None:
                            for batch in order]
                 per_step = max(1, args.reviews_per_step // batch_size)
                 steps = [batches[i:i + per_step] for i in range(0, len(batches), per_step)]
-                seconds = time_training(model, steps, args.repeats, args.precision)
+                run = training_pass(model, steps, args.precision)
+                seconds, _ = best_of(args.repeats, run, torch.device("cpu"), measure_memory=False)
                 rows.append(dict(model=name, batch_size=batch_size, reviews=len(cut), tokens=sum(map(len, cut)),
                                  seconds=seconds, reviews_per_s=len(cut) / seconds))
                 print(f"  batch {batch_size}  {name:32s} {seconds:7.1f} s  {len(cut) / seconds:6.2f} reviews/s",
                       flush=True)
                 if args.profile and name == "ours":
-                    profiles[f"batch {batch_size}"] = profile_of(training_pass(model, steps, args.precision))
+                    profiles[f"batch {batch_size}"] = profile_of(run)
         ours = models["ours"][0]
         predict_logits(ours, Dataset.from_dict({"input_ids": reviews[:8]}), 8, precision=args.precision)  # warm-up
         start = time.perf_counter()
