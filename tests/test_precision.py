@@ -6,11 +6,12 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from longformer import LongformerConfig, LongformerModel, kernels
+from longformer import LongformerClassifier, LongformerConfig, LongformerModel, kernels
 from longformer.errors import ConfigError
 from longformer.kernels import onednn, paths
 from longformer.pipeline.loop import Best, Position, ResumeState
 from longformer.pipeline.precision import resolve_precision
+from longformer.pipeline.step import make_optimizer, optimizer_step
 from tests.helpers import SAPPHIRE_RAPIDS, SKYLAKE, ZEN3, ZEN4, relative_error
 from tests.test_parity import make_batch
 
@@ -152,6 +153,41 @@ def test_bf16_forward_after_a_fused_optimizer_step_computes_with_the_new_weights
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model(ids, mask, glob), fresh(ids, mask, glob))
+
+
+def test_an_optimizer_step_casts_each_weight_once_for_all_its_batches(hf_checkpoint, monkeypatch, bf16_cpu):
+    """The bf16 copies of the weights are made once per optimizer step (kept across its micro-batches, dropped before
+    the weights change): the steps train exactly as with copies made afresh at every forward."""
+    batches = []
+    for n in (33, 47, 21):
+        ids, mask, _ = make_batch(n, "first")
+        batches.append(dict(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 1])))
+
+    def train(keep: bool) -> tuple[dict[str, torch.Tensor], list[int]]:
+        torch.manual_seed(0)
+        model = LongformerClassifier.from_hf(hf_checkpoint).train()
+        optimizer = make_optimizer(model, lr=1e-2)  # fused AdamW: changes the weights without a new version
+        made = []  # casts made, per optimizer step
+
+        class Casts(dict):  # onednn's cache of casts, counting those it stores
+            def __setitem__(self, key, value):
+                made[-1] += 1
+                super().__setitem__(key, value)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(onednn, "_casts", Casts())
+            if not keep:
+                patch.setattr(kernels, "casts_kept", nullcontext)
+            for _ in range(2):
+                made.append(0)
+                optimizer_step(model, batches, optimizer, autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+                assert not (keep and onednn._casts)  # dropped before the optimizer changed the weights
+        return model.state_dict(), made
+
+    kept, made_kept = train(keep=True)
+    fresh, made_fresh = train(keep=False)
+    assert kept.keys() == fresh.keys() and all(torch.equal(kept[k], fresh[k]) for k in kept)
+    assert made_kept[0] > 0 and made_kept == [made_fresh[0] // len(batches)] * 2 and made_fresh[0] == made_fresh[1]
 
 
 # ---------------------------------------------------------------------------------------------------------------

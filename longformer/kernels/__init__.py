@@ -13,7 +13,9 @@ gradients, as autocast keeps them):
   * dropout masks drawn four to a random number (`dropout.py`).
 
 `paths.py` decides which code computes what (`enabled(x)`: whether the kernels run for activations x, asked once per
-forward; `with kernels.disabled():` runs the reference path everywhere, to compare or to debug).
+forward; `with kernels.disabled():` runs the reference path everywhere, to compare or to debug). In bf16 the products
+take bf16 copies of the weights, made afresh at every forward; `with kernels.casts_kept():` keeps them across the
+forwards of one optimizer step's micro-batches.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from __future__ import annotations
 from longformer.kernels.banded import banded_attention
 from longformer.kernels.blocks import BandMasks
 from longformer.kernels.feed_forward import ACTIVATIONS, FeedForwardWeights, add_and_feed_forward
-from longformer.kernels.onednn import forget_casts
+from longformer.kernels.onednn import casts_kept, forget_casts
 from longformer.kernels.paths import auto_precision, disabled, enabled, native_bf16
 
 __all__ = ["ACTIVATIONS", "BandMasks", "FeedForwardWeights", "add_and_feed_forward", "auto_precision",
-           "banded_attention", "disabled", "enabled", "forget_casts", "native_bf16"]
+           "banded_attention", "casts_kept", "disabled", "enabled", "forget_casts", "native_bf16"]

@@ -6,8 +6,9 @@ picks its kernels by the instructions the CPU has (AVX-512 where there is one). 
 gradchecks, autocast, oneDNN switched off, fp32 on a CPU without AVX-512: `paths.use_onednn`) each function falls
 back to PyTorch's own op.
 
-In bf16 the products take the weights as bf16 copies (`cast`, one per forward and its backward) and accumulate in fp32
-(oneDNN does); a weight's gradient is summed in fp32 and returned in the weight's own dtype.
+In bf16 the products take the weights as bf16 copies (`cast`, one per forward and its backward, or per `casts_kept`
+block) and accumulate in fp32 (oneDNN does); a weight's gradient is summed in fp32 and returned in the weight's own
+dtype.
 
 Which library computes is decided in `longformer.kernels.paths`. Where the CPU's flags say bf16 (faked, in the
 tests) but the processor itself lacks it, the bf16 products are emulated (`_emulated`: fp32 products of the bf16
@@ -17,6 +18,8 @@ operands, rounded to bf16 as oneDNN rounds its output): the same numbers, only s
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -41,18 +44,36 @@ def without_autocast():
 
 # id(weight) -> (a weak reference to it, its version when cast, the cast); an entry goes when its weight does
 _casts: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+_kept_blocks = 0  # how many `casts_kept` blocks are open
 
 
 def forget_casts() -> None:
-    """Drop every cached cast. The model calls it at the start of each forward: an optimizer may change a weight in
-    place without making a new version of it (fused AdamW does), so a cast lives for one forward and its backward."""
-    _casts.clear()
+    """Drop every cached cast, unless inside `casts_kept`. The model calls it at the start of each forward: an
+    optimizer may change a weight in place without making a new version of it (fused AdamW does), so a cast lives for
+    one forward and its backward."""
+    if not _kept_blocks:
+        _casts.clear()
+
+
+@contextmanager
+def casts_kept() -> Iterator[None]:
+    """Keep the casts across every forward inside this block, and drop them at its end: for forwards between which no
+    optimizer changes the weights (the micro-batches of one optimizer step), so each weight is cast once, not once
+    per micro-batch. A weight changed with a new version is still cast afresh."""
+    global _kept_blocks
+    _kept_blocks += 1
+    try:
+        yield
+    finally:
+        _kept_blocks -= 1
+        if not _kept_blocks:
+            _casts.clear()
 
 
 def cast(weight: Tensor, dtype: torch.dtype) -> Tensor:
-    """`weight` (a parameter) in `dtype`, without autograd: a copy made once per forward (see `forget_casts`) and
-    version of the weight, which the backward (and a checkpointed layer's recomputation) shares, as autocast caches
-    its own casts for one autocast region."""
+    """`weight` (a parameter) in `dtype`, without autograd: a copy made once per forward (see `forget_casts`; once per
+    `casts_kept` block) and version of the weight, which the backward (and a checkpointed layer's recomputation)
+    shares, as autocast caches its own casts for one autocast region."""
     if weight.dtype == dtype:
         return weight
     key = id(weight)

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from longformer import kernels
+
 
 def warmup_then_linear_decay(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """The learning rate's factor at each optimizer step (for LambdaLR): up linearly, then down linearly to 0."""
@@ -68,15 +70,16 @@ def optimizer_step(model: nn.Module, batches: Sequence[dict[str, Tensor]], optim
     DistributedDataParallel the gradients are averaged over the processes once, at the last batch. Returns the
     mean loss; raises NonFiniteLossError (before any backward) on a NaN or infinite one."""
     total = 0.0
-    for i, batch in enumerate(batches):
-        last = i == len(batches) - 1
-        with nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync():
-            with autocast():
-                loss = loss_of(model, batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(loss.item())
-            (loss / len(batches)).backward()
-        total += loss.item() / len(batches)
+    with kernels.casts_kept():  # the weights' bf16 copies, made once for all the batches (the weights change below)
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            with nullcontext() if last or not isinstance(model, DistributedDataParallel) else model.no_sync():
+                with autocast():
+                    loss = loss_of(model, batch)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(loss.item())
+                (loss / len(batches)).backward()
+            total += loss.item() / len(batches)
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
