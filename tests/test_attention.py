@@ -73,6 +73,22 @@ def test_banded_attention_gradients_are_exact(n, globals_, dropout_p, flash, chu
             torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
+def test_banded_attention_backward_reads_the_forwards_dropout_masks_back(monkeypatch):
+    """Backward reads the masks forward drew (kept as bits) and draws none of its own."""
+    draws = []
+    real = banded_kernel.keep_mask
+    monkeypatch.setattr(banded_kernel, "keep_mask", lambda *args: draws.append(1) or real(*args))
+    n, one_sided, heads, dim = 13, 2, 2, 8
+    masks = masks_for(n, "several")
+    mask, block, pad = masks.band.mask(one_sided, 2, torch.float32)
+    x, weight, bias = (torch.randn(*shape, requires_grad=True) for shape in ((2, n, dim), (3 * dim, dim), (3 * dim,)))
+    out = BandedAttention.apply(x, weight, bias, heads, mask, block, pad, False, masks.global_index,
+                                masks.global_present, 0.3, 123)
+    drawn = len(draws)
+    out.sum().backward()
+    assert drawn > 1 and len(draws) == drawn
+
+
 def test_banded_attention_dropout_zeroes_probabilities_and_rescales_the_rest():
     """With v the one-hot key positions, each output row is the row's attention probabilities: under dropout p every
     one must be 0 or its dropout-free value / (1 - p), about a fraction p of them 0, and the same seed the same."""

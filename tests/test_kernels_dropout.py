@@ -4,7 +4,7 @@ F.dropout."""
 import pytest
 import torch
 
-from longformer.kernels.dropout import dropout, keep_mask
+from longformer.kernels.dropout import dropout, keep_mask, pack_bits, unpack_bits
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -47,3 +47,15 @@ def test_dropout_gradient_against_finite_differences():
         return dropout(t, 0.4)
 
     assert torch.autograd.gradcheck(seeded, (x,))
+
+
+def test_bits_pack_every_byte_and_unpack_to_the_same_decisions():
+    """Every pattern of eight decisions packs to its byte (decision k: bit k); unpacked into any dtype and any count
+    up to the packed one, the decisions come back in order."""
+    patterns = torch.arange(256)
+    decisions = (patterns[:, None] >> torch.arange(8) & 1).bool().flatten()  # (256 * 8,)
+    assert torch.equal(pack_bits(decisions), patterns.to(torch.uint8))
+    many = keep_mask(torch.empty(8 * 1001, dtype=torch.bool), 0.3)
+    for count, dtype in ((8 * 1001, torch.float32), (8 * 1001 - 5, torch.bfloat16), (13, torch.float64)):
+        out = unpack_bits(pack_bits(many), torch.empty(count, dtype=dtype))
+        assert torch.equal(out, many[:count].to(dtype))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from longformer.kernels.blocks import BandMasks, gather_rows, padded_length, query_block
-from longformer.kernels.dropout import keep_mask, words_for
+from longformer.kernels.dropout import keep_mask, pack_bits, unpack_bits, words_for
 from longformer.kernels.onednn import linear_into, mm, weight_grad, without_autocast
 from longformer.kernels.paths import compute_dtype
 
@@ -88,7 +88,7 @@ class BandedAttention(torch.autograd.Function):
     of the output are then `global_rows` (their outputs from `global_attention`), written in place; their
     log-sum-exps are set to +inf, so backward recomputes their window probabilities as 0.
     Saved: the input x, the padded q, k, v rows and the output; the windows are never materialised. Dropout's
-    masks are not saved either: backward draws them again from the same seed (`_DropoutMasks`).
+    masks are saved as bits, one per score (`_DropoutMasks`).
     Everything runs in x's dtype but the log-sum-exps, the global keys' part and the written-out softmax (fp32);
     the gradients are summed in fp32 and returned in their inputs' dtypes.
     """
@@ -123,14 +123,15 @@ class BandedAttention(torch.autograd.Function):
                 if global_rows is not None:
                     _put_global_rows(global_rows[i].view(-1, heads, head_dim), global_index[i], global_present[i],
                                      out_tokens[i], lse_tokens[i])
-        ctx.save_for_backward(x, weight, rows, mask, out, lse, global_index, global_present)
-        ctx.block, ctx.pad, ctx.flash, ctx.scale, ctx.dropout_p, ctx.seed = block, pad, flash, scale, dropout_p, seed
+        dropout_bits = dropped.bits() if dropped else None
+        ctx.save_for_backward(x, weight, rows, mask, out, lse, global_index, global_present, dropout_bits)
+        ctx.block, ctx.pad, ctx.flash, ctx.scale, ctx.dropout_p = block, pad, flash, scale, dropout_p
         return out_tokens[:, :n]
 
     @staticmethod
     @without_autocast()  # a backward run under autocast (inside its block) keeps our dtypes
     def backward(ctx, grad_out: Tensor):
-        x, weight, rows, mask, out, lse, global_index, global_present = ctx.saved_tensors
+        x, weight, rows, mask, out, lse, global_index, global_present, dropout_bits = ctx.saved_tensors
         block, pad, scale = ctx.block, ctx.pad, ctx.scale
         batch, n = grad_out.shape[:2]
         tokens = _token_rows(rows, pad, batch)
@@ -141,7 +142,7 @@ class BandedAttention(torch.autograd.Function):
         grad_rows = torch.zeros(rows.shape, dtype=_accumulation(rows.dtype))  # summed over overlapping windows
         grad_tokens = _token_rows(grad_rows, pad, batch)
         grad_q = _blocked(grad_rows, block, pad)[0]
-        dropped = _DropoutMasks(ctx.dropout_p, ctx.seed) if ctx.dropout_p else None  # the forward's, in its order
+        dropped = _DropoutMasks.replaying(ctx.dropout_p, dropout_bits) if ctx.dropout_p else None  # the forward's
         if ctx.flash:
             _window_flash_backward(grad_blocks, q, k, v, out, lse, mask, scale, grad_q, grad_rows, block)
         else:
@@ -181,20 +182,44 @@ def _window_flash_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: T
 
 class _DropoutMasks:
     """Attention dropout's masks (`keep_mask`'s: 1 = keep, 0 = drop, in the probabilities' dtype, for a plain
-    multiply), drawn from a generator seeded once per forward: backward makes a fresh one from the same seed and
-    draws them again, in the same order, instead of storing them. Callers apply the kept ones' scale, `scale` =
-    1 / (1 - p), to the smallest tensor at hand."""
+    multiply). Forward draws them from a generator seeded once per forward and keeps them as bits (`bits()`, saved
+    for backward); backward reads them back in the same order (`replaying`) rather than draw them again. Callers
+    apply the kept ones' scale, `scale` = 1 / (1 - p), to the smallest tensor at hand."""
 
-    def __init__(self, p: float, seed: int):
+    def __init__(self, p: float, seed: int = 0, replayed: Tensor | None = None):
         self.p, self.scale = p, 1 / (1 - p)
         self.generator = torch.Generator().manual_seed(seed)
-        self.words = torch.empty(0, dtype=torch.int64)  # reused: fresh memory would page-fault on every draw
+        # reused: fresh memory would page-fault on every draw
+        self.words = torch.empty(0, dtype=torch.int64)
+        self.decisions = torch.empty(0, dtype=torch.bool)
+        self.drawn: list[Tensor] = []  # forward's masks, as bits
+        self.replayed, self.offset = replayed, 0  # backward's: all of forward's bits, and how many bytes are read
+
+    @classmethod
+    def replaying(cls, p: float, bits: Tensor) -> _DropoutMasks:
+        """The masks of the forward whose `bits()` these are, in its order."""
+        return cls(p, replayed=bits)
+
+    def bits(self) -> Tensor:
+        """Every mask drawn so far, as bits (uint8), in order."""
+        return torch.cat(self.drawn) if self.drawn else torch.empty(0, dtype=torch.uint8)
 
     def __call__(self, out: Tensor) -> Tensor:
         """Fill out (floating point, contiguous) with the next mask; returns it."""
-        if self.words.numel() < words_for(out.numel()):
-            self.words = torch.empty(words_for(out.numel()), dtype=torch.int64)
-        return keep_mask(out, self.p, self.generator, self.words)
+        count = out.numel()
+        size = -(-count // 8)  # bytes of bits
+        if self.replayed is not None:
+            self.offset += size
+            return unpack_bits(self.replayed[self.offset - size:self.offset], out)
+        if self.words.numel() < words_for(count):
+            self.words = torch.empty(words_for(count), dtype=torch.int64)
+        if self.decisions.numel() < 8 * size:
+            self.decisions = torch.empty(8 * size, dtype=torch.bool)
+        decisions = self.decisions[:8 * size]
+        decisions[count:] = False  # pack_bits takes whole bytes of 0/1
+        keep_mask(decisions[:count], self.p, self.generator, self.words)
+        self.drawn.append(pack_bits(decisions))
+        return out.copy_(decisions[:count].view(out.shape))
 
 
 def _window_written_out_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float,
@@ -225,7 +250,7 @@ def _window_written_out_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
                                  grad_rows: Tensor, block: int) -> None:
     """As `_window_flash_backward`, with the softmax written out, a chunk of blocks at a time: the probabilities are
     recomputed from the merged log-sum-exp (so they are those of the softmax over the window and the global keys),
-    dropout's masks drawn again. The products are in q's dtype and what lies between them in fp32; the casts to q's
+    dropout's masks read back. The products are in q's dtype and what lies between them in fp32; the casts to q's
     dtype are fused into the elementwise op before each product, and the scales (the softmax's, dropout's
     1 / (1 - p)) go into the products, so that each operand is rounded to bf16 once."""
     products, work = _score_work(q, k, 3)

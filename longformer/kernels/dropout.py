@@ -1,8 +1,10 @@
-"""Dropout's masks on the CPU, four decisions per random number.
+"""Dropout's masks on the CPU, four decisions per random number, kept as bits where they are needed again.
 
 PyTorch's CPU dropout draws one random number per element (`bernoulli_`; MKL's vectorised generator is used
 on Intel processors only). Here each 64-bit number from the same kind of generator gives four decisions, as
-16-bit lanes compared to a threshold: p is rounded to a multiple of 2^-16, at most 7.6e-6 off.
+16-bit lanes compared to a threshold: p is rounded to a multiple of 2^-16, at most 7.6e-6 off. The generator runs
+on one core; packing decisions into bits (`pack_bits`) and reading them back (`unpack_bits`) takes a fraction of
+drawing them again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,27 @@ def keep_mask(out: Tensor, p: float, generator: torch.Generator | None = None, w
     words.random_(-2**63, None, generator=generator)
     threshold = round(p * 2**16) - 2**15  # a uniform int16 falls below it with probability ~p
     return torch.ge(words.view(torch.int16)[:count].view(out.shape), threshold, out=out)
+
+
+# Eight 0/1 bytes of an int64 (byte k = decision k) times _PACK carry decision k to bit 56 + k: no two products share a
+# bit of the top byte, nor carry into it. A byte times _SPREAD is in all eight bytes; _BITS keeps bit k in byte k.
+_PACK = 0x0102040810204080
+_SPREAD = 0x0101010101010101
+_BITS = 0x8040201008040201 - 2**64  # as an int64
+
+
+def pack_bits(decisions: Tensor) -> Tensor:
+    """decisions (bool, contiguous, a multiple of 8 of them) -> uint8 bits, eight to a byte (decision 8 i + k is bit k
+    of byte i): a mask kept in an eighth of a bool mask's memory."""
+    words = decisions.view(torch.uint8).view(torch.int64)
+    return ((words * _PACK) >> 56).to(torch.uint8)  # >> sign-extends: the cast keeps the low byte
+
+
+def unpack_bits(bits: Tensor, out: Tensor) -> Tensor:
+    """Fill out (contiguous, at most 8 bits.numel() elements) with the first out.numel() decisions `pack_bits` packed
+    into bits, as 1 and 0 in out's dtype; returns it."""
+    bytes_ = (bits.to(torch.int64) * _SPREAD).bitwise_and_(_BITS).view(torch.uint8)
+    return torch.ne(bytes_[:out.numel()].view(out.shape), 0, out=out)
 
 
 def dropout(x: Tensor, p: float) -> Tensor:
