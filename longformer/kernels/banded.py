@@ -21,6 +21,7 @@ _BACKWARD_CHUNK_TOKENS = 1024  # queries per flash-attention backward call: its 
 # PyTorch's CPU flash kernels' backward computes at the fp32 rate in any dtype: bf16 training writes the softmax out,
 # on bf16 products (bf16 inference keeps the flash forward, as fast).
 _FLASH_DTYPES = (torch.float32, torch.float64)
+_STRIDED_PRODUCT_DTYPES = (torch.float32, torch.float64)  # whose bmm takes a strided window transposed, uncopied
 # Queries per block, at most (see _query_block), per path: a smaller block computes fewer scores outside the band
 # but makes the products smaller; docs/performance.md has the measurements behind these.
 _WRITTEN_OUT_BLOCK = 64  # the written-out softmax (bf16, or attention dropout)
@@ -231,10 +232,10 @@ def _window_written_out_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, s
     blocks, heads, block, head_dim = q.shape
     out = q.new_empty(blocks, block, heads, head_dim).transpose(1, 2)
     lse = q.new_empty(blocks, block, heads, dtype=_accumulation(q.dtype)).transpose(1, 2)
-    products, work = _score_work(q, k, 3)
+    products, work, windows = _score_work(q, k, 3)
     for part in _chunks(blocks, work.shape[1]):
         c = part.stop - part.start
-        raw = _window_scores(q[part], k[part], mask[part], scale, products[:c])  # (c, H, L, L + 2P)
+        raw = _window_scores(q[part], _packed(k[part], windows), mask[part], scale, products[:c])  # (c, H, L, L + 2P)
         probs, keep, scratch = work[:, :c]
         torch.ops.aten.softmax.int_out(_in_dtype_of(scratch, raw), -1, probs.dtype, out=probs)
         # the log-sum-exp from the largest score, whose probability never underflows: top - log(its probability)
@@ -253,17 +254,20 @@ def _window_written_out_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
     dropout's masks read back. The products are in q's dtype and what lies between them in fp32; the casts to q's
     dtype are fused into the elementwise op before each product, and the scales (the softmax's, dropout's
     1 / (1 - p)) go into the products, so that each operand is rounded to bf16 once."""
-    products, work = _score_work(q, k, 3)
+    products, work, windows = _score_work(q, k, 3)
+    window_grads = k.new_empty(work.shape[1], *k.shape[1:])  # a chunk's keys' or values' gradients, (c, H, L + 2P, d)
+    widened = None if k.dtype == grad_rows.dtype else torch.empty(window_grads.shape, dtype=grad_rows.dtype)
     keep_scale = dropped.scale if dropped else 1
     for part in _chunks(q.shape[0], work.shape[1]):
         c = part.stop - part.start
-        raw = _heads_batched(_window_scores(q[part], k[part], mask[part], scale, products[:c]))  # (c H, L, L + 2P)
-        probs, keep, scratch = (_heads_batched(t) for t in work[:, :c])  # fp32
+        raw = _heads_batched(_window_scores(q[part], _packed(k[part], windows), mask[part], scale, products[:c]))
+        probs, keep, scratch = (_heads_batched(t) for t in work[:, :c])  # fp32, like raw (c H, L, L + 2P)
         torch.sub(_in_dtype_of(probs, raw), _heads_batched(lse[part, ..., None]), out=probs).exp_()
-        q_c, k_c, v_c, grad_c, out_c = (_heads_batched(t[part]) for t in (q, k, v, grad, out))
+        q_c, k_c, grad_c, out_c = (_heads_batched(t[part]) for t in (q, k, grad, out))
+        v_c = _heads_batched(_packed(v[part], windows))  # k's copy is spent
         kept = _kept(probs, dropped, keep, scratch, raw)
-        grad_v = _scaled_product(kept.transpose(1, 2), grad_c, keep_scale)  # (c H, L + 2P, d)
-        _add_windows_grad(grad_rows[:, 2], grad_v.view(-1, *k.shape[1:]), block, part.start)
+        grad_v = _scaled_product(kept.transpose(1, 2), grad_c, keep_scale, out=_heads_batched(window_grads[:c]))
+        _add_windows_grad(grad_rows[:, 2], window_grads[:c], block, part.start, widened)
         delta = (grad_c.to(probs.dtype) * out_c).sum(-1, keepdim=True)  # softmax backward's row term, (c H, L, 1)
         grad_kept = _in_dtype_of(scratch, _scaled_product(grad_c, v_c.transpose(1, 2), keep_scale, out=raw))
         if dropped:
@@ -273,8 +277,8 @@ def _window_written_out_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
         # without the softmax scale, in the products' dtype; raw is spent
         grad_scores = _in_dtype_of(raw, grad_probs.mul_(probs))
         grad_q[part] = _scaled_product(grad_scores, k_c, scale).view(-1, *q.shape[1:])
-        grad_k = _scaled_product(grad_scores.transpose(1, 2), q_c, scale)
-        _add_windows_grad(grad_rows[:, 1], grad_k.view(-1, *k.shape[1:]), block, part.start)
+        _scaled_product(grad_scores.transpose(1, 2), q_c, scale, out=_heads_batched(window_grads[:c]))  # grad_k
+        _add_windows_grad(grad_rows[:, 1], window_grads[:c], block, part.start, widened)
 
 
 def _scaled_product(a: Tensor, b: Tensor, alpha: float, out: Tensor | None = None) -> Tensor:
@@ -302,23 +306,33 @@ def _kept(probs: Tensor, dropped: _DropoutMasks | None, keep: Tensor, scratch: T
 
 
 def _window_scores(q: Tensor, k: Tensor, mask: Tensor, scale: float, scores: Tensor) -> Tensor:
-    """A chunk's scaled, masked scores, q (c, H, L, d) against k (c, H, L + 2P, d) under mask (c, 1, L, L + 2P), into
-    scores (c, H, L, L + 2P), in their dtype: one product per block, whose heads' strided rows bmm takes as they are.
-    Returns scores."""
+    """A chunk's scaled, masked scores, q (c, H, L, d) against k (c, H, L + 2P, d; `_packed`) under mask
+    (c, 1, L, L + 2P), into scores (c, H, L, L + 2P), in their dtype: one product per block, whose heads' strided rows
+    of q bmm takes as they are. Returns scores."""
     for b in range(q.shape[0]):
         torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale, out=scores[b])
     return scores
 
 
-def _score_work(q: Tensor, k: Tensor, count: int) -> tuple[Tensor, Tensor]:
-    """Buffers for a chunk of blocks' scores, reused by every chunk (fresh ones would page-fault): the products, in
-    q's dtype (c, H, L, L + 2P), and `count` more in fp32 (or wider), (count, c, H, L, L + 2P). A chunk holds as many
+def _score_work(q: Tensor, k: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Buffers for a chunk of blocks, reused by every chunk (fresh ones would page-fault): the scores' products, in
+    q's dtype (c, H, L, L + 2P), `count` more in fp32 (or wider), (count, c, H, L, L + 2P), and one for a chunk's
+    windows of keys or values (c, H, L + 2P, d), or None where they are not copied (`_packed`). A chunk holds as many
     blocks as `_WRITTEN_OUT_CHUNK_SCORES` scores allow, at least one: with short windows a block's products are
     small, and one block at a time would spend the step on each operation's fixed cost."""
     per_block = q.shape[1] * q.shape[2] * k.shape[2]
     chunk = max(1, min(q.shape[0], _WRITTEN_OUT_CHUNK_SCORES // per_block))
     shape = (chunk, *q.shape[1:3], k.shape[2])
-    return q.new_empty(shape), q.new_empty(count, *shape, dtype=_accumulation(q.dtype))
+    windows = None if k.dtype in _STRIDED_PRODUCT_DTYPES else k.new_empty(chunk, *k.shape[1:])
+    return q.new_empty(shape), q.new_empty(count, *shape, dtype=_accumulation(q.dtype)), windows
+
+
+def _packed(windows: Tensor, buffer: Tensor | None) -> Tensor:
+    """A chunk's windows (c, H, L + 2P, d), strided views of the rows, for the products that take them transposed:
+    in bf16 copied into buffer (c or more, contiguous), since bmm would copy such an operand itself, transposing it as
+    it goes, which is slow (after a plain copy it takes the transposed view as it is); in fp32 (no buffer) as they
+    are, which bmm takes without a copy."""
+    return windows if buffer is None else buffer[:windows.shape[0]].copy_(windows)
 
 
 def _chunks(blocks: int, chunk: int) -> list[slice]:
@@ -352,12 +366,18 @@ def _tokens_first(out: Tensor, lse: Tensor, batch: int) -> tuple[Tensor, Tensor]
     return out.transpose(1, 2).view(batch, -1, heads, head_dim), lse.transpose(1, 2).view(batch, -1, heads)
 
 
-def _add_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int, first: int) -> None:
+def _add_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int, first: int,
+                      widened: Tensor | None = None) -> None:
     """The backward of the overlapping windows: add grad_windows (t, H, L + 2P, d) of blocks first.. to grad_rows
-    (R, H, d), where window row j of block b is row b L + j."""
-    target = grad_rows.view(-1, block, *grad_rows.shape[1:])  # (R / L, L, H, d)
-    grad_windows = grad_windows.to(grad_rows.dtype)  # once: an add of bf16 into fp32 would copy every chunk
+    (R, H, d), where window row j of block b is row b L + j. widened: a buffer (t or more windows) in grad_rows'
+    dtype, for bf16 grad_windows."""
     blocks = grad_windows.shape[0]
+    target = grad_rows.view(-1, block, *grad_rows.shape[1:])  # (R / L, L, H, d)
+    # in grad_rows' dtype once: an add of bf16 into fp32 would copy every chunk
+    if widened is None:
+        grad_windows = grad_windows.to(grad_rows.dtype)
+    else:
+        grad_windows = _in_dtype_of(widened[:blocks], grad_windows)
     for c, chunk in enumerate(grad_windows.transpose(1, 2).split(block, dim=1)):  # chunk c goes to block b + c
         target[first + c:first + c + blocks] += chunk
 
