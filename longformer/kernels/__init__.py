@@ -10,7 +10,7 @@ gradients, as autocast keeps them):
     views of one padded q/k/v layout that the fused projection writes straight into (`banded.py`);
   * `add_and_feed_forward`: the feed-forward on `onednn.py`'s products (oneDNN's where the CPU has AVX-512, else
     PyTorch's own), its activation recomputed in backward rather than stored (`feed_forward.py`, `onednn.py`);
-  * dropout masks drawn four to a random number (`dropout.py`).
+  * dropout masks drawn four to a random number, the attention's kept as bits for its backward (`dropout.py`).
 
 `paths.py` decides which code computes what (`enabled(x)`: whether the kernels run for activations x, asked once per
 forward; `with kernels.disabled():` runs the reference path everywhere, to compare or to debug). In bf16 the products

@@ -33,8 +33,8 @@ def keep_mask(out: Tensor, p: float, generator: torch.Generator | None = None, w
     return torch.ge(words.view(torch.int16)[:count].view(out.shape), threshold, out=out)
 
 
-# Eight 0/1 bytes of an int64 (byte k = decision k) times _PACK carry decision k to bit 56 + k: no two products share a
-# bit of the top byte, nor carry into it. A byte times _SPREAD is in all eight bytes; _BITS keeps bit k in byte k.
+# Eight 0/1 bytes read as a little-endian int64 (byte k = decision k), times _PACK, carry decision k to bit 56 + k and
+# nothing else into the top byte. A byte times _SPREAD is in all eight bytes; _BITS keeps bit k in byte k.
 _PACK = 0x0102040810204080
 _SPREAD = 0x0101010101010101
 _BITS = 0x8040201008040201 - 2**64  # as an int64
