@@ -256,7 +256,8 @@ def _window_written_out_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
     1 / (1 - p)) go into the products, so that each operand is rounded to bf16 once."""
     products, work, windows = _score_work(q, k, 3)
     window_grads = k.new_empty(work.shape[1], *k.shape[1:])  # a chunk's keys' or values' gradients, (c, H, L + 2P, d)
-    widened = None if k.dtype == grad_rows.dtype else torch.empty(window_grads.shape, dtype=grad_rows.dtype)
+    # the same in grad_rows' dtype, to add them: a bf16 operand of an fp32 add would be copied afresh every time
+    widened = window_grads if k.dtype == grad_rows.dtype else torch.empty(window_grads.shape, dtype=grad_rows.dtype)
     keep_scale = dropped.scale if dropped else 1
     for part in _chunks(q.shape[0], work.shape[1]):
         c = part.stop - part.start
@@ -267,7 +268,7 @@ def _window_written_out_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
         v_c = _heads_batched(_packed(v[part], windows))  # k's copy is spent
         kept = _kept(probs, dropped, keep, scratch, raw)
         grad_v = _scaled_product(kept.transpose(1, 2), grad_c, keep_scale, out=_heads_batched(window_grads[:c]))
-        _add_windows_grad(grad_rows[:, 2], window_grads[:c], block, part.start, widened)
+        _add_windows_grad(grad_rows[:, 2], _in_dtype_of(widened[:c], window_grads[:c]), block, part.start)
         delta = (grad_c.to(probs.dtype) * out_c).sum(-1, keepdim=True)  # softmax backward's row term, (c H, L, 1)
         grad_kept = _in_dtype_of(scratch, _scaled_product(grad_c, v_c.transpose(1, 2), keep_scale, out=raw))
         if dropped:
@@ -278,7 +279,7 @@ def _window_written_out_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
         grad_scores = _in_dtype_of(raw, grad_probs.mul_(probs))
         grad_q[part] = _scaled_product(grad_scores, k_c, scale).view(-1, *q.shape[1:])
         _scaled_product(grad_scores.transpose(1, 2), q_c, scale, out=_heads_batched(window_grads[:c]))  # grad_k
-        _add_windows_grad(grad_rows[:, 1], window_grads[:c], block, part.start, widened)
+        _add_windows_grad(grad_rows[:, 1], _in_dtype_of(widened[:c], window_grads[:c]), block, part.start)
 
 
 def _scaled_product(a: Tensor, b: Tensor, alpha: float, out: Tensor | None = None) -> Tensor:
@@ -366,18 +367,11 @@ def _tokens_first(out: Tensor, lse: Tensor, batch: int) -> tuple[Tensor, Tensor]
     return out.transpose(1, 2).view(batch, -1, heads, head_dim), lse.transpose(1, 2).view(batch, -1, heads)
 
 
-def _add_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int, first: int,
-                      widened: Tensor | None = None) -> None:
+def _add_windows_grad(grad_rows: Tensor, grad_windows: Tensor, block: int, first: int) -> None:
     """The backward of the overlapping windows: add grad_windows (t, H, L + 2P, d) of blocks first.. to grad_rows
-    (R, H, d), where window row j of block b is row b L + j. widened: a buffer (t or more windows) in grad_rows'
-    dtype, for bf16 grad_windows."""
-    blocks = grad_windows.shape[0]
+    (R, H, d), where window row j of block b is row b L + j; both in the same dtype (else every add copies)."""
     target = grad_rows.view(-1, block, *grad_rows.shape[1:])  # (R / L, L, H, d)
-    # in grad_rows' dtype once: an add of bf16 into fp32 would copy every chunk
-    if widened is None:
-        grad_windows = grad_windows.to(grad_rows.dtype)
-    else:
-        grad_windows = _in_dtype_of(widened[:blocks], grad_windows)
+    blocks = grad_windows.shape[0]
     for c, chunk in enumerate(grad_windows.transpose(1, 2).split(block, dim=1)):  # chunk c goes to block b + c
         target[first + c:first + c + blocks] += chunk
 
