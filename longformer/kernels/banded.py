@@ -308,11 +308,15 @@ def _kept(probs: Tensor, dropped: _DropoutMasks | None, keep: Tensor, scratch: T
 
 def _window_scores(q: Tensor, k: Tensor, mask: Tensor, scale: float, scores: Tensor) -> Tensor:
     """A chunk's scaled, masked scores, q (c, H, L, d) against k (c, H, L + 2P, d; `_packed`) under mask
-    (c, 1, L, L + 2P), into scores (c, H, L, L + 2P), in their dtype: one product per block, whose heads' strided rows
-    of q bmm takes as they are. Returns scores."""
-    for b in range(q.shape[0]):
-        torch.baddbmm(mask[b], q[b], k[b].transpose(1, 2), alpha=scale, out=scores[b])
-    return scores
+    (c, 1, L, L + 2P, additive: 0 or -inf), into scores (c, H, L, L + 2P), in their dtype. One block: one product,
+    the mask its summand, q's strided rows taken as they are. Several (short windows, whose products are small):
+    one product for all their heads, then the mask added, rather than one product per block, each with its fixed
+    cost. Returns scores."""
+    if q.shape[0] == 1:
+        torch.baddbmm(mask[0], q[0], k[0].transpose(1, 2), alpha=scale, out=scores[0])
+        return scores
+    _scaled_product(_heads_batched(q), _heads_batched(k).transpose(1, 2), scale, out=_heads_batched(scores))
+    return scores.add_(mask)
 
 
 def _score_work(q: Tensor, k: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor | None]:
