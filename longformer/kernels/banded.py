@@ -235,7 +235,8 @@ def _window_written_out_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, s
     products, work, windows = _score_work(q, k, 3)
     for part in _chunks(blocks, work.shape[1]):
         c = part.stop - part.start
-        raw = _window_scores(q[part], _packed(k[part], windows), mask[part], scale, products[:c])  # (c, H, L, L + 2P)
+        keys = _heads_batched(_packed(k[part], windows))
+        raw = _window_scores(_heads_batched(q[part]), keys, mask[part], scale, products[:c])  # (c, H, L, L + 2P)
         probs, keep, scratch = work[:, :c]
         torch.ops.aten.softmax.int_out(_in_dtype_of(scratch, raw), -1, probs.dtype, out=probs)
         # the log-sum-exp from the largest score, whose probability never underflows: top - log(its probability)
@@ -261,10 +262,11 @@ def _window_written_out_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, 
     keep_scale = dropped.scale if dropped else 1
     for part in _chunks(q.shape[0], work.shape[1]):
         c = part.stop - part.start
-        raw = _heads_batched(_window_scores(q[part], _packed(k[part], windows), mask[part], scale, products[:c]))
+        q_c, k_c, grad_c, out_c = (_heads_batched(t[part]) for t in (q, k, grad, out))
+        keys = k_c if windows is None else _heads_batched(_packed(k[part], windows))  # the scores' keys, as forward's
+        raw = _heads_batched(_window_scores(q_c, keys, mask[part], scale, products[:c]))
         probs, keep, scratch = (_heads_batched(t) for t in work[:, :c])  # fp32, like raw (c H, L, L + 2P)
         torch.sub(_in_dtype_of(probs, raw), _heads_batched(lse[part, ..., None]), out=probs).exp_()
-        q_c, k_c, grad_c, out_c = (_heads_batched(t[part]) for t in (q, k, grad, out))
         v_c = _heads_batched(_packed(v[part], windows))  # k's copy is spent
         kept = _kept(probs, dropped, keep, scratch, raw)
         grad_v = _scaled_product(kept.transpose(1, 2), grad_c, keep_scale, out=_heads_batched(window_grads[:c]))
@@ -307,15 +309,15 @@ def _kept(probs: Tensor, dropped: _DropoutMasks | None, keep: Tensor, scratch: T
 
 
 def _window_scores(q: Tensor, k: Tensor, mask: Tensor, scale: float, scores: Tensor) -> Tensor:
-    """A chunk's scaled, masked scores, q (c, H, L, d) against k (c, H, L + 2P, d; `_packed`) under mask
-    (c, 1, L, L + 2P, additive: 0 or -inf), into scores (c, H, L, L + 2P), in their dtype. One block: one product,
-    the mask its summand, q's strided rows taken as they are. Several (short windows, whose products are small):
-    one product for all their heads, then the mask added, rather than one product per block, each with its fixed
-    cost. Returns scores."""
-    if q.shape[0] == 1:
-        torch.baddbmm(mask[0], q[0], k[0].transpose(1, 2), alpha=scale, out=scores[0])
+    """A chunk's scaled, masked scores, q (c H, L, d) against k (c H, L + 2P, d; `_packed` in bf16), both
+    `_heads_batched`, under mask (c, 1, L, L + 2P, additive: 0 or -inf), into scores (c, H, L, L + 2P), in their dtype.
+    One block: one product, the mask its summand, q's strided rows taken as they are (one block's heads batch into a
+    view). Several (short windows, whose products are small): one product for all their heads, then the mask added,
+    rather than one product per block, each with its fixed cost. Returns scores."""
+    if mask.shape[0] == 1:
+        torch.baddbmm(mask[0], q, k.transpose(1, 2), alpha=scale, out=scores[0])
         return scores
-    _scaled_product(_heads_batched(q), _heads_batched(k).transpose(1, 2), scale, out=_heads_batched(scores))
+    _scaled_product(q, k.transpose(1, 2), scale, out=_heads_batched(scores))
     return scores.add_(mask)
 
 
